@@ -1,0 +1,68 @@
+# utap: build, test, demo and benchmark. Run as root (`sudo make test`): tests attach real probes.
+SHELL := /bin/bash
+SWIFT ?= swift
+BPF_CLANG ?= clang-14
+BPF_STRIP ?= llvm-strip-14
+CONFIG ?= debug
+UTAP := .build/$(CONFIG)/utap
+TARGETS_OUT ?= .build/targets
+
+DEB_PACKAGES := libbpf-dev libelf-dev libzydis-dev clang-14 llvm-14 bpftool libcap2-bin \
+                systemtap-sdt-dev util-linux binutils
+
+.PHONY: all deps bpf bpf-check build release test unit-test demo bench clean
+all: build
+
+# Installs the system packages utap builds and tests with; a no-op when all are present.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$(echo $$missing | sed 's/^/ /')"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
+		{ echo "make deps: apt-get install failed (run as root: sudo make deps)" >&2; exit 1; }; \
+	fi
+
+# The BPF object is committed and embedded in utap; rebuild it after changing bpf/ or the ABI.
+# Relative paths and the prefix map keep the object identical wherever it is built.
+BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu \
+              -ISources/UtapABI/include -Wall -Werror -fdebug-prefix-map=$(CURDIR)=.
+define build_bpf
+	$(BPF_CLANG) $(BPF_CFLAGS) -c bpf/utap.bpf.c -o $(1)
+	$(BPF_STRIP) -g $(1)
+endef
+
+bpf: deps
+	$(call build_bpf,bpf/utap.bpf.o)
+	@touch Sources/UtapBPFObject/object.c
+
+# Fails when the committed object is not what the committed sources compile to.
+bpf-check: deps
+	@mkdir -p .build/bpf-check
+	$(call build_bpf,.build/bpf-check/utap.bpf.o)
+	@cmp -s bpf/utap.bpf.o .build/bpf-check/utap.bpf.o || \
+		{ echo "bpf/utap.bpf.o is stale: run 'make bpf' and commit it" >&2; exit 1; }
+
+build: deps
+	$(SWIFT) build -c $(CONFIG)
+
+release:
+	$(MAKE) build CONFIG=release
+
+-include tests/targets/targets.mk
+
+# Unit tests need no privileges; integration tests attach real probes and need root.
+test: deps bpf-check build targets
+	UTAP_BIN=$(CURDIR)/$(UTAP) UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) $(SWIFT) test
+
+unit-test: deps
+	$(SWIFT) test --skip IntegrationTests
+
+demo: deps build targets
+	@echo "== utap trace on the bundled demo program ($(TARGETS_OUT)/demo) =="
+	$(UTAP) trace 'handle_request id=arg0:s32 path=arg1:str' 'handle_request%return status=ret:s32' \
+		-- $(TARGETS_OUT)/demo
+
+-include bench/bench.mk
+
+clean:
+	rm -rf .build

@@ -1,0 +1,28 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "utap",
+    products: [.executable(name: "utap", targets: ["utap"])],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLibbpf", path: "Sources/CLibbpf"),
+        .systemLibrary(name: "CZydis", path: "Sources/CZydis"),
+        .target(name: "UtapABI", path: "Sources/UtapABI"),
+        .target(name: "UtapBPFObject", path: "Sources/UtapBPFObject"),
+        .target(name: "CUtapSys", path: "Sources/CUtapSys"),
+        .target(name: "UtapCore", dependencies: ["CLibbpf", "CZydis", "CUtapSys"]),
+        .target(name: "UtapBPF", dependencies: ["UtapCore", "UtapABI", "UtapBPFObject", "CLibbpf"]),
+        .target(name: "UtapOutput", dependencies: ["UtapCore"]),
+        .executableTarget(name: "utap", dependencies: [
+            "UtapCore", "UtapBPF", "UtapOutput",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "UtapCoreTests", dependencies: ["UtapCore"]),
+        .testTarget(name: "UtapOutputTests", dependencies: ["UtapOutput", "UtapCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["UtapCore"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,17 @@
+#ifndef UTAP_SYS_H
+#define UTAP_SYS_H
+#include <sys/types.h>
+
+/*
+ * Starts `path` as a child that waits before exec: the child blocks reading `gate_fd`
+ * until the parent writes
+ * (the child closes its copy of `gate_write_fd`, so the parent's death also releases it) a byte (probes attached) or closes it (give up: the child exits
+ * 127 without exec). Signal dispositions and mask are reset to defaults in the child, so the
+ * command starts as it would from a shell. Returns the child's pid, or -errno.
+ */
+pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[], int gate_fd,
+                       int gate_write_fd);
+
+/* Sets *flag to 1 on SIGINT, SIGTERM and SIGHUP, without SA_RESTART so blocking calls return. */
+void utap_install_stop_handlers(volatile int *flag, volatile int *signo);
+#endif

@@ -1,0 +1,105 @@
+/*
+ * utap_abi.h: every layout shared by the BPF programs (bpf/utap.bpf.c) and the Swift loader.
+ *
+ * Changing anything here changes the committed BPF object: run `make bpf` and commit both.
+ * Only fixed-width types, so the BPF target and x86-64 agree on every offset.
+ */
+#ifndef UTAP_ABI_H
+#define UTAP_ABI_H
+
+#ifdef __bpf__
+#include <linux/types.h>
+#else
+#include <stdint.h>
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+typedef int32_t __s32;
+#endif
+
+/* At most this many fields per probe (arg0..arg5 plus ret fit). */
+#define UTAP_MAX_FIELDS 6
+/*
+ * Most bytes one string field reads, including the NUL: 255 kept bytes, one more to tell a
+ * string of exactly the limit from a longer one, and the NUL.
+ */
+#define UTAP_STR_MAX 257
+/* Longest record: header, values, and every string field at its maximum. Power of two. */
+#define UTAP_RECORD_MAX 2048
+/* Pending entry timestamps kept per thread: the kernel's own uretprobe nesting limit. */
+#define UTAP_MAX_DEPTH 64
+
+/* Where a field's value comes from. */
+enum utap_source {
+    UTAP_SRC_ARG0 = 0,
+    UTAP_SRC_ARG1 = 1,
+    UTAP_SRC_ARG2 = 2,
+    UTAP_SRC_ARG3 = 3,
+    UTAP_SRC_ARG4 = 4,
+    UTAP_SRC_ARG5 = 5,
+    UTAP_SRC_RET = 6,
+};
+
+/* What the BPF side does with a field: copy the 64-bit register, or read a user string. */
+enum utap_field_kind {
+    UTAP_FIELD_INT = 0,
+    UTAP_FIELD_STR = 1,
+};
+
+struct utap_field_config {
+    __u8 source;   /* enum utap_source */
+    __u8 kind;     /* enum utap_field_kind */
+    __u16 str_len; /* UTAP_FIELD_STR: bytes to read at most, including the NUL (<= UTAP_STR_MAX) */
+};
+
+/* What one attached program does on a hit (utap_probe_config.flags). */
+enum utap_probe_flags {
+    UTAP_PROBE_EMIT = 1,    /* send an event record */
+    UTAP_PROBE_PUSH_TS = 2, /* entry: remember the entry time for a paired return probe */
+    UTAP_PROBE_POP_TS = 4,  /* return: take the entry time back and report latency */
+};
+
+/*
+ * One entry of the `probes` array map, indexed by the attach cookie. A return probe is
+ * attached twice: a hidden entry program (PUSH_TS, whose `probe` is the return probe, so
+ * entries too deep for the kernel count as loss of the return) and the return program
+ * (EMIT | POP_TS).
+ */
+struct utap_probe_config {
+    __u32 flags;
+    __u32 nfields;
+    __u32 probe;     /* the user's probe this attachment serves: events carry it, losses count to it */
+    __u32 reserved;
+    struct utap_field_config fields[UTAP_MAX_FIELDS];
+};
+
+/* Event record flags. */
+enum utap_event_flags {
+    UTAP_EVENT_RETURN = 1,  /* fired on return */
+    UTAP_EVENT_LATENCY = 2, /* latency_ns is valid */
+};
+
+/*
+ * One ring-buffer record. values[i] holds field i: the raw 64-bit register for integer
+ * fields; for string fields (offset_from_record_start << 32) | (u32)read_result, where
+ * read_result is bpf_probe_read_user_str's return (bytes copied including the NUL, or a
+ * negative errno when the pointer could not be read; then the 8-byte pointer itself is
+ * stored at the offset, for the reader to retry from user space). String bytes follow
+ * the values.
+ */
+struct utap_event {
+    __u64 ts_ns;      /* CLOCK_MONOTONIC */
+    __u64 latency_ns; /* return events with UTAP_EVENT_LATENCY */
+    __u32 pid;        /* thread group id */
+    __u32 tid;
+    __u32 probe;      /* utap_probe_config.probe */
+    __u16 size;       /* bytes of this record */
+    __u16 flags;      /* enum utap_event_flags */
+    char comm[16];
+    __u64 values[UTAP_MAX_FIELDS];
+};
+
+#define UTAP_EVENT_HEADER_SIZE 48 /* offsetof(struct utap_event, values) */
+
+#endif

@@ -1,0 +1,67 @@
+import UtapABI
+import UtapCore
+
+/// Turns ring-buffer records (struct utap_event, utap_abi.h) into `Event` values.
+struct RecordDecoder {
+    let probes: [ResolvedProbe]
+    let memory = ProcessMemory()
+
+    func decode(_ record: UnsafeRawBufferPointer) -> Event {
+        // Field by field at the ABI's offsets: a record is shorter than struct utap_event
+        // when the probe has fewer than UTAP_MAX_FIELDS fields.
+        let ts = record.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+        let latency = record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        let pid = record.loadUnaligned(fromByteOffset: 16, as: Int32.self)
+        let tid = record.loadUnaligned(fromByteOffset: 20, as: Int32.self)
+        let index = Int(record.loadUnaligned(fromByteOffset: 24, as: UInt32.self))
+        let flags = record.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
+        let probe = probes[min(index, probes.count - 1)]
+        let returned = flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0
+        var fields: [FieldValue] = []
+        fields.reserveCapacity(probe.fields.count)
+        for (i, field) in probe.fields.enumerated() {
+            let raw = record.loadUnaligned(fromByteOffset: Int(UTAP_EVENT_HEADER_SIZE) + i * 8, as: UInt64.self)
+            fields.append(value(raw, type: field.type, record: record, pid: pid))
+        }
+        let commBytes = record[32..<48]
+        let comm = String(decoding: commBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
+        let hasLatency = flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0
+        return Event(timestampNs: ts, pid: pid, tid: tid, comm: comm, probe: index,
+                     kind: returned ? .return : .entry, fields: fields,
+                     latencyNs: hasLatency ? latency : nil)
+    }
+
+    /// Interprets a raw 64-bit value; for strings, `raw` is (offset << 32 | read result).
+    func value(_ raw: UInt64, type: FieldType, record: UnsafeRawBufferPointer, pid: Int32) -> FieldValue {
+        switch type {
+        case .s8: return .signed(Int64(Int8(truncatingIfNeeded: raw)))
+        case .s16: return .signed(Int64(Int16(truncatingIfNeeded: raw)))
+        case .s32: return .signed(Int64(Int32(truncatingIfNeeded: raw)))
+        case .s64: return .signed(Int64(bitPattern: raw))
+        case .u8: return .unsigned(UInt64(UInt8(truncatingIfNeeded: raw)))
+        case .u16: return .unsigned(UInt64(UInt16(truncatingIfNeeded: raw)))
+        case .u32: return .unsigned(UInt64(UInt32(truncatingIfNeeded: raw)))
+        case .u64: return .unsigned(raw)
+        case .hex: return .hex(raw)
+        case .pointer: return .pointer(raw)
+        case .bool: return .bool(raw != 0)
+        case .string(let maxLength):
+            let offset = Int(raw >> 32)
+            let result = Int32(bitPattern: UInt32(truncatingIfNeeded: raw))
+            if result <= 0 {
+                // BPF could not read; the pointer follows. Retry from user space.
+                guard offset + 8 <= record.count else { return .unreadable(address: 0) }
+                let address = record.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                guard let late = memory.string(pid: pid, address: address, maxLength: maxLength) else {
+                    return .unreadable(address: address)
+                }
+                return .string(late.bytes, truncated: late.truncated)
+            }
+            guard offset + Int(result) <= record.count else { return .unreadable(address: 0) }
+            // result counts the NUL; BPF read one byte more than is kept, to see truncation.
+            let length = Int(result) - 1
+            let kept = min(length, maxLength)
+            return .string(Array(record[offset..<(offset + kept)]), truncated: length > maxLength)
+        }
+    }
+}

@@ -1,0 +1,70 @@
+/// A probe resolved against a file: where exactly it goes and what it records. Plain
+/// values; backends turn these into live attachments.
+public struct ResolvedProbe: Equatable, Sendable {
+    /// Display name: the probe text without fields, or TARGET:SYMBOL for a glob's match.
+    public var name: String
+    public var kind: ProbeKind
+    public var fields: [FieldSpec]
+    /// The ELF file to attach to, as the tracer can open it (may be under /proc/PID/root).
+    public var path: String
+    /// The function containing the site, for messages.
+    public var function: String?
+    /// ELF virtual address of the probe site.
+    public var address: UInt64
+    /// Offset of the probe site in the file: what the kernel's uprobe API takes.
+    public var fileOffset: UInt64
+
+    public init(name: String, kind: ProbeKind, fields: [FieldSpec], path: String, function: String?,
+                address: UInt64, fileOffset: UInt64) {
+        self.name = name
+        self.kind = kind
+        self.fields = fields
+        self.path = path
+        self.function = function
+        self.address = address
+        self.fileOffset = fileOffset
+    }
+
+    public var descriptor: ProbeDescriptor {
+        ProbeDescriptor(name: name, kind: kind, fieldNames: fields.map(\.name))
+    }
+}
+
+/// Whom to trace.
+public enum TraceScope: Equatable, Sendable {
+    /// Every process that maps the probed files (bpf only).
+    case allProcesses
+    /// One process and all its threads.
+    case process(Int32)
+}
+
+/// Everything a backend needs to attach.
+public struct TracePlan: Equatable, Sendable {
+    public var probes: [ResolvedProbe]
+    public var scope: TraceScope
+    /// Ring buffer bytes (bpf); a power of two.
+    public var bufferBytes: Int
+
+    public init(probes: [ResolvedProbe], scope: TraceScope, bufferBytes: Int = 32 << 20) {
+        self.probes = probes
+        self.scope = scope
+        self.bufferBytes = bufferBytes
+    }
+}
+
+/// Live probes. Releasing the session (or calling `detach`) removes every probe.
+public protocol TraceSession: AnyObject {
+    /// Waits at most `timeoutMs` for events, hands each to `deliver`, and returns how many
+    /// were delivered. Stops early (without losing the rest) when `deliver` throws.
+    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int
+    /// Records lost so far, per probe of the plan (cumulative).
+    func lostCounts() -> [UInt64]
+    /// Removes every probe. Idempotent.
+    func detach()
+}
+
+/// A way of putting probes in place: bpf or ptrace.
+public protocol TracingBackend {
+    var name: String { get }
+    func attach(_ plan: TracePlan) throws(UtapError) -> TraceSession
+}

@@ -1,0 +1,54 @@
+import Glibc
+
+/// The effective capabilities of this process, read from /proc/self/status.
+public struct Capabilities: Sendable {
+    public static let sysAdmin = 21
+    public static let sysPtrace = 19
+    public static let perfmon = 38
+    public static let bpf = 39
+
+    public let effective: UInt64
+
+    public init(effective: UInt64) { self.effective = effective }
+
+    public static func current() -> Capabilities {
+        let status = (try? readTextFile("/proc/self/status")) ?? ""
+        for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
+            let hex = line.dropFirst("CapEff:".count).trimmingCharacters(in: " \t")
+            return Capabilities(effective: UInt64(hex, radix: 16) ?? 0)
+        }
+        return Capabilities(effective: 0)
+    }
+
+    public func has(_ capability: Int) -> Bool { effective & (1 << UInt64(capability)) != 0 }
+
+    /// Loading tracing programs and opening uprobe perf events.
+    public var canUseBPF: Bool { (has(Self.bpf) && has(Self.perfmon)) || has(Self.sysAdmin) }
+}
+
+/// Reads a whole (small, procfs-style) text file.
+public func readTextFile(_ path: String) throws(UtapError) -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+        throw .runtime("cannot read \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> Substring {
+        var s = self
+        while let f = s.first, set.contains(f) { s.removeFirst() }
+        while let l = s.last, set.contains(l) { s.removeLast() }
+        return s
+    }
+}

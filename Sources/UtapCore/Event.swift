@@ -1,0 +1,80 @@
+/// Whether an event fired on function entry (or any instruction) or on return.
+public enum ProbeKind: String, Sendable {
+    case entry
+    case `return`
+}
+
+/// One decoded field of an event, already interpreted according to its declared type.
+public enum FieldValue: Equatable, Sendable {
+    case signed(Int64)
+    case unsigned(UInt64)
+    /// `x`: written as a hex string.
+    case hex(UInt64)
+    /// `ptr`: written as a hex string.
+    case pointer(UInt64)
+    case bool(Bool)
+    /// Bytes as read from the target, without the terminating NUL. `truncated` when the
+    /// string was longer than the field's limit.
+    case string([UInt8], truncated: Bool)
+    /// The pointer could not be read (NULL, unmapped): the address is kept for the user.
+    case unreadable(address: UInt64)
+}
+
+/// One probe hit, the same value whichever backend produced it.
+public struct Event: Equatable, Sendable {
+    /// CLOCK_MONOTONIC nanoseconds.
+    public var timestampNs: UInt64
+    public var pid: Int32
+    public var tid: Int32
+    public var comm: String
+    /// Index of the probe in the session's probe list.
+    public var probe: Int
+    public var kind: ProbeKind
+    public var fields: [FieldValue]
+    /// Entry-to-return time, on return events when the entry was seen.
+    public var latencyNs: UInt64?
+    /// Symbolized user stack, innermost first (`--stack`).
+    public var stack: [String]?
+
+    public init(timestampNs: UInt64, pid: Int32, tid: Int32, comm: String, probe: Int,
+                kind: ProbeKind, fields: [FieldValue], latencyNs: UInt64? = nil,
+                stack: [String]? = nil) {
+        self.timestampNs = timestampNs
+        self.pid = pid
+        self.tid = tid
+        self.comm = comm
+        self.probe = probe
+        self.kind = kind
+        self.fields = fields
+        self.latencyNs = latencyNs
+        self.stack = stack
+    }
+}
+
+/// What a writer needs to know about each probe of a session: its display name (the probe
+/// text without fields, e.g. `libc:malloc%return`), its kind and its field names in order.
+public struct ProbeDescriptor: Equatable, Sendable {
+    public var name: String
+    public var kind: ProbeKind
+    public var fieldNames: [String]
+
+    public init(name: String, kind: ProbeKind, fieldNames: [String]) {
+        self.name = name
+        self.kind = kind
+        self.fieldNames = fieldNames
+    }
+}
+
+/// Totals at the end of a session, per probe in session order.
+public struct TraceSummary: Equatable, Sendable {
+    public var events: [UInt64]
+    public var lost: [UInt64]
+
+    public init(events: [UInt64], lost: [UInt64]) {
+        self.events = events
+        self.lost = lost
+    }
+
+    public var totalEvents: UInt64 { events.reduce(0, +) }
+    public var totalLost: UInt64 { lost.reduce(0, +) }
+}

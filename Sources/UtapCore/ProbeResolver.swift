@@ -1,0 +1,151 @@
+import Glibc
+
+/// Turns parsed probes into exact probe sites: finds the file, the symbol, the address and
+/// its file offset, and refuses sites that are not instruction starts.
+public struct ProbeResolver {
+    /// The traced process, when there is one (its mappings decide which library file).
+    public var pid: Int32?
+    /// The COMMAND's executable (resolved path), when utap starts one.
+    public var executable: String?
+    /// Warnings for the user (e.g. an address whose boundary could not be checked).
+    public private(set) var warnings: [String] = []
+    private var images: [String: ELFImage] = [:]
+
+    public init(pid: Int32?, executable: String?) {
+        self.pid = pid
+        self.executable = executable
+    }
+
+    public mutating func resolve(_ spec: ProbeSpec) throws(UtapError) -> [ResolvedProbe] {
+        let path = try targetPath(spec)
+        let image = try image(at: path)
+        switch spec.location {
+        case .symbol(let name):
+            let function = try uniqueFunction(name, in: image, probe: spec.name)
+            return [try site(spec, name: spec.name, image: image, function: function, offset: nil)]
+        case .symbolOffset(let name, let offset):
+            let function = try uniqueFunction(name, in: image, probe: spec.name)
+            return [try site(spec, name: spec.name, image: image, function: function, offset: offset)]
+        case .glob(let pattern):
+            var seen = Set<UInt64>()
+            let matches = image.functions.filter { fnmatch(pattern, $0.name, 0) == 0 }
+                .sorted { $0.name < $1.name }
+                .filter { seen.insert($0.address).inserted }
+            if matches.isEmpty {
+                throw .usage("probe '\(spec.name)': no function in \(image.path) matches '\(pattern)'")
+            }
+            let prefix = spec.target.map { "\($0):" } ?? ""
+            let suffix = spec.kind == .return ? "%return" : ""
+            return try matches.map { (f: ELFSymbol) throws(UtapError) -> ResolvedProbe in
+                let function = f.isIFunc ? try IFuncResolver.implementation(of: f, in: image) : f
+                return try site(spec, name: prefix + f.name + suffix, image: image, function: function, offset: nil)
+            }
+        case .address(let address):
+            return [try addressSite(spec, image: image, address: address)]
+        }
+    }
+
+    /// The file a probe's TARGET names, as a path the tracer can open.
+    func targetPath(_ spec: ProbeSpec) throws(UtapError) -> String {
+        guard let target = spec.target else {
+            if let executable { return executable }
+            if let pid { return "/proc/\(pid)/exe" }
+            throw .usage("probe '\(spec.name)': no target file", hint: "write TARGET:SYMBOL (e.g. /usr/bin/app:main or libc:malloc), or give -- COMMAND")
+        }
+        if let executable, !target.contains("/"), target == lastPathComponent(executable) {
+            return executable
+        }
+        let path = try LibraryResolver.resolve(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
+        if let pid, target.contains("/"), !target.hasPrefix("/proc/") {
+            // Read the file the process sees, even from another mount namespace.
+            let absolute = target.hasPrefix("/") ? target : currentDirectory() + "/" + target
+            return "/proc/\(pid)/root" + absolute
+        }
+        return path
+    }
+
+    mutating func image(at path: String) throws(UtapError) -> ELFImage {
+        if let cached = images[path] { return cached }
+        let image = try ELFImage.open(path)
+        images[path] = image
+        return image
+    }
+
+    func uniqueFunction(_ name: String, in image: ELFImage, probe: String) throws(UtapError) -> ELFSymbol {
+        let candidates = image.functions(named: name)
+        guard let first = candidates.first else {
+            let near = image.suggestions(for: name, limit: 5)
+            throw .usage("probe '\(probe)': no function '\(name)' in \(image.path)",
+                         hint: near.isEmpty ? "run 'utap list \(image.path)' to see its functions" : "did you mean: \(near.joined(separator: ", "))?")
+        }
+        if candidates.contains(where: { $0.address != first.address }) {
+            let addresses = candidates.map { "0x" + String($0.address, radix: 16) }.joined(separator: ", ")
+            throw .usage("probe '\(probe)': '\(name)' names \(candidates.count) functions in \(image.path)",
+                         hint: "probe one by address: \(addresses)")
+        }
+        return first.isIFunc ? try IFuncResolver.implementation(of: first, in: image) : first
+    }
+
+    /// A probe on `function`: at `offset` when given, else at its entry, after a leading
+    /// endbr64 (same observable state; the kernel emulates the next instruction instead of
+    /// single-stepping endbr64, about 18x cheaper).
+    func site(_ spec: ProbeSpec, name: String, image: ELFImage, function: ELFSymbol, offset: UInt64?) throws(UtapError) -> ResolvedProbe {
+        var delta: UInt64 = 0
+        if let offset {
+            if offset > 0 {
+                try checkBoundary(image: image, function: function, offset: offset, probe: spec.name)
+            }
+            delta = offset
+        } else if let head = image.bytes(atVirtualAddress: function.address, count: 4),
+                  InstructionDecoder.startsWithEndbr64(head) {
+            delta = 4
+        }
+        return try makeProbe(spec, name: name, image: image, function: function.name, address: function.address + delta)
+    }
+
+    mutating func addressSite(_ spec: ProbeSpec, image: ELFImage, address: UInt64) throws(UtapError) -> ResolvedProbe {
+        guard let function = image.enclosingFunction(of: address) else {
+            if spec.kind == .return {
+                throw .usage("probe '\(spec.name)': 0x\(String(address, radix: 16)) is not the start of a known function", hint: "return probes go on a function's first instruction")
+            }
+            warnings.append("probe '\(spec.name)': no symbol covers 0x\(String(address, radix: 16)); its instruction boundary is not checked")
+            return try makeProbe(spec, name: spec.name, image: image, function: nil, address: address)
+        }
+        let offset = address - function.address
+        if spec.kind == .return && offset != 0 {
+            throw .usage("probe '\(spec.name)': 0x\(String(address, radix: 16)) is \(function.name)+0x\(String(offset, radix: 16)), not a function start", hint: "return probes go on a function's first instruction")
+        }
+        if offset > 0 {
+            try checkBoundary(image: image, function: function, offset: offset, probe: spec.name)
+        }
+        return try makeProbe(spec, name: spec.name, image: image, function: function.name, address: address)
+    }
+
+    func checkBoundary(image: ELFImage, function: ELFSymbol, offset: UInt64, probe: String) throws(UtapError) {
+        guard function.size > 0, offset < function.size else {
+            throw .usage("probe '\(probe)': offset 0x\(String(offset, radix: 16)) is outside \(function.name) (\(function.size) bytes)")
+        }
+        guard let code = image.bytes(atVirtualAddress: function.address, count: Int(function.size)) else {
+            throw .runtime("probe '\(probe)': cannot read the code of \(function.name) from \(image.path)")
+        }
+        if !InstructionDecoder.isBoundary(offset: Int(offset), in: code) {
+            var starts: [String] = []
+            var at = 0
+            while at <= Int(offset), let length = InstructionDecoder.instructionLength(at: at, in: code) {
+                starts.append("+\(at)")
+                at += length
+            }
+            starts.append("+\(at)")
+            throw .usage("probe '\(probe)': \(function.name)+\(offset) is not the start of an instruction",
+                         hint: "instructions near there start at \(starts.suffix(4).joined(separator: ", "))")
+        }
+    }
+
+    func makeProbe(_ spec: ProbeSpec, name: String, image: ELFImage, function: String?, address: UInt64) throws(UtapError) -> ResolvedProbe {
+        guard let fileOffset = image.fileOffset(ofVirtualAddress: address) else {
+            throw .usage("probe '\(spec.name)': address 0x\(String(address, radix: 16)) is not in a loadable segment of \(image.path)")
+        }
+        return ResolvedProbe(name: name, kind: spec.kind, fields: spec.fields, path: image.path,
+                             function: function, address: address, fileOffset: fileOffset)
+    }
+}

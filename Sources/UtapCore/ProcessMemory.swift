@@ -1,0 +1,41 @@
+import Glibc
+
+/// Reads other processes' memory through /proc/PID/mem, keeping one descriptor per
+/// process. Used where BPF could not read (a page not faulted in yet).
+public final class ProcessMemory {
+    private var files: [Int32: Int32] = [:]
+
+    public init() {}
+
+    deinit { files.values.forEach { close($0) } }
+
+    /// The NUL-terminated string at `address`, at most `maxLength` bytes of it; nil when
+    /// the memory cannot be read. `truncated` when no NUL came within the limit.
+    public func string(pid: Int32, address: UInt64, maxLength: Int) -> (bytes: [UInt8], truncated: Bool)? {
+        guard address != 0, let fd = descriptor(pid) else { return nil }
+        var result: [UInt8] = []
+        var at = address
+        // Page by page: a string may end just before an unmapped page.
+        while result.count < maxLength {
+            let pageLeft = 4096 - Int(at & 4095)
+            var chunk = [UInt8](repeating: 0, count: min(pageLeft, maxLength - result.count + 1))
+            let n = pread(fd, &chunk, chunk.count, off_t(Int64(bitPattern: at)))
+            if n <= 0 { return result.isEmpty ? nil : (result, true) }
+            if let nul = chunk[0..<n].firstIndex(of: 0) {
+                result.append(contentsOf: chunk[0..<nul])
+                return (Array(result.prefix(maxLength)), result.count > maxLength)
+            }
+            result.append(contentsOf: chunk[0..<n])
+            at += UInt64(n)
+        }
+        return (Array(result.prefix(maxLength)), true)
+    }
+
+    private func descriptor(_ pid: Int32) -> Int32? {
+        if let fd = files[pid] { return fd }
+        let fd = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        files[pid] = fd
+        return fd
+    }
+}

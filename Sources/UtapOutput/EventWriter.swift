@@ -1,0 +1,52 @@
+import UtapCore
+
+/// Writes a session's records in one output format. Engines and the CLI speak only to
+/// this; nothing upstream knows which format is in use.
+public protocol EventWriter: AnyObject {
+    func write(_ event: Event) throws
+    /// `count` events of probe index `probe` were dropped (ring buffer full, …).
+    func lost(probe: Int, count: UInt64) throws
+    func summary(_ summary: TraceSummary) throws
+    func flush() throws
+}
+
+extension ProbeDescriptor {
+    /// Stands in for a probe index the session does not know. Engines never produce one,
+    /// but a tracer that crashes can leave breakpoints in its tracee, so writers degrade
+    /// instead of trapping.
+    static func unknown(_ index: Int) -> ProbeDescriptor {
+        ProbeDescriptor(name: "probe#\(index)", kind: .entry, fieldNames: [])
+    }
+
+    /// The name of field `index`, positional for values the descriptor does not name.
+    func fieldName(_ index: Int) -> String {
+        index < fieldNames.count ? fieldNames[index] : "field\(index)"
+    }
+}
+
+/// One line of a summary: the counts of every probe with this name, merged, because two
+/// probes of a session may share a display name and a name is a JSON key.
+struct SummaryLine {
+    var name: String
+    var events: UInt64
+    var lost: UInt64
+}
+
+/// The summary's per-probe counts merged by name, in order of first appearance.
+func summaryLines(_ summary: TraceSummary, probes: [ProbeDescriptor]) -> [SummaryLine] {
+    var lines: [SummaryLine] = []
+    var lineOfName: [String: Int] = [:]
+    for index in 0..<max(probes.count, summary.events.count, summary.lost.count) {
+        let name = index < probes.count ? probes[index].name : ProbeDescriptor.unknown(index).name
+        let events = index < summary.events.count ? summary.events[index] : 0
+        let lost = index < summary.lost.count ? summary.lost[index] : 0
+        if let line = lineOfName[name] {
+            lines[line].events += events
+            lines[line].lost += lost
+        } else {
+            lineOfName[name] = lines.count
+            lines.append(SummaryLine(name: name, events: events, lost: lost))
+        }
+    }
+    return lines
+}

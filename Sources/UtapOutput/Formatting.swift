@@ -1,0 +1,187 @@
+/// Number and string formatting shared by both writers: one place decides how a decimal,
+/// a hex value or an escaped byte string looks.
+extension OutputBuffer {
+    /// Appends `value` in decimal, zero-padded to at least `minDigits` digits.
+    public func appendDecimal(_ value: UInt64, minDigits: Int = 1) {
+        // UInt64.max has 20 digits; they are produced backwards into stack memory.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = digits.count
+            var rest = value
+            repeat {
+                start -= 1
+                digits[start] = 0x30 + UInt8(truncatingIfNeeded: rest % 10)
+                rest /= 10
+            } while rest != 0
+            while digits.count - start < minDigits && start > 0 {
+                start -= 1
+                digits[start] = 0x30
+            }
+            append(UnsafeBufferPointer(rebasing: digits[start...]))
+        }
+    }
+
+    /// Appends `value` in decimal with a leading `-` when negative (Int64.min included).
+    public func appendDecimal(_ value: Int64) {
+        if value < 0 { append(0x2D) }
+        appendDecimal(value.magnitude)
+    }
+
+    /// Appends `value` as `0x` and lowercase hex digits without leading zeros (`0x0`).
+    public func appendHex(_ value: UInt64) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 18) { digits in
+            var start = digits.count
+            var rest = value
+            repeat {
+                start -= 1
+                digits[start] = hexDigit(UInt8(truncatingIfNeeded: rest & 0xF))
+                rest >>= 4
+            } while rest != 0
+            digits[start - 1] = 0x78  // x
+            digits[start - 2] = 0x30  // 0
+            append(UnsafeBufferPointer(rebasing: digits[(start - 2)...]))
+        }
+    }
+
+    /// Appends `prefix` and the byte as two lowercase hex digits (`\x`, `\u00`).
+    @inline(__always)
+    func appendEscapedByte(_ byte: UInt8, prefix: StaticString) {
+        append(UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
+        append(hexDigit(byte >> 4))
+        append(hexDigit(byte & 0xF))
+    }
+}
+
+/// Digits `value` needs in decimal: for right-aligning numbers.
+func decimalDigitCount(_ value: UInt64) -> Int {
+    var count = 1
+    var rest = value
+    while rest >= 10 {
+        rest /= 10
+        count += 1
+    }
+    return count
+}
+
+@inline(__always)
+private func hexDigit(_ nibble: UInt8) -> UInt8 {
+    nibble < 10 ? 0x30 + nibble : 0x57 + nibble  // 0x57 + 10 == "a"
+}
+
+/// Length of the well-formed UTF-8 sequence (Unicode Table 3-7) starting at `index`, or 0
+/// when the bytes there are not one: overlong forms, surrogates, code points above
+/// U+10FFFF, stray continuation bytes and sequences cut off by the end all give 0.
+@inline(__always)
+func utf8SequenceLength(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int) -> Int {
+    let lead = bytes[index]
+    let length: Int
+    var low: UInt8 = 0x80
+    var high: UInt8 = 0xBF
+    switch lead {
+    case 0x00...0x7F: return 1
+    case 0xC2...0xDF: length = 2
+    case 0xE0: length = 3; low = 0xA0
+    case 0xE1...0xEC, 0xEE...0xEF: length = 3
+    case 0xED: length = 3; high = 0x9F
+    case 0xF0: length = 4; low = 0x90
+    case 0xF1...0xF3: length = 4
+    case 0xF4: length = 4; high = 0x8F
+    default: return 0
+    }
+    guard index + length <= bytes.count else { return 0 }
+    let second = bytes[index + 1]
+    guard second >= low && second <= high else { return 0 }
+    for offset in 2..<length where bytes[index + offset] & 0xC0 != 0x80 {
+        return 0
+    }
+    return length
+}
+
+extension OutputBuffer {
+    /// Appends `bytes` as a quoted JSON string (RFC 8259). Well-formed UTF-8 passes through;
+    /// every byte that is not part of one is written as `\u00XX` of its value, so nothing
+    /// read from the target is ever dropped.
+    public func appendJSONString(_ bytes: UnsafeBufferPointer<UInt8>) {
+        append(0x22)
+        // Runs of bytes that need no escape are copied in one append.
+        var run = 0
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte >= 0x20 && byte < 0x80 && byte != 0x22 && byte != 0x5C {
+                index += 1
+                continue
+            }
+            if byte >= 0x80 {
+                let length = utf8SequenceLength(bytes, at: index)
+                if length > 0 {
+                    index += length
+                    continue
+                }
+            }
+            append(UnsafeBufferPointer(rebasing: bytes[run..<index]))
+            switch byte {
+            case 0x22: append(#"\""#)
+            case 0x5C: append(#"\\"#)
+            case 0x0A: append(#"\n"#)
+            case 0x09: append(#"\t"#)
+            case 0x0D: append(#"\r"#)
+            case 0x08: append(#"\b"#)
+            case 0x0C: append(#"\f"#)
+            default: appendEscapedByte(byte, prefix: #"\u00"#)
+            }
+            index += 1
+            run = index
+        }
+        append(UnsafeBufferPointer(rebasing: bytes[run...]))
+        append(0x22)
+    }
+
+    public func appendJSONString(_ bytes: [UInt8]) {
+        bytes.withUnsafeBufferPointer { appendJSONString($0) }
+    }
+
+    public func appendJSONString(_ string: String) {
+        string.withUTF8Bytes { appendJSONString($0) }
+    }
+
+    /// Appends `bytes` with C-like escapes and no quotes, so that text output stays one
+    /// line per event and cannot drive the terminal: `\n \t \r \" \\`, `\xNN` for other
+    /// control bytes, DEL, C1 controls (U+0080–U+009F, which some terminals obey) and bytes
+    /// that are not well-formed UTF-8. Other UTF-8 passes through.
+    public func appendTextEscaped(_ bytes: UnsafeBufferPointer<UInt8>) {
+        var run = 0
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte >= 0x20 && byte < 0x7F && byte != 0x22 && byte != 0x5C {
+                index += 1
+                continue
+            }
+            let length = byte >= 0x80 ? utf8SequenceLength(bytes, at: index) : 0
+            if length > 0 && !(byte == 0xC2 && bytes[index + 1] < 0xA0) {
+                index += length
+                continue
+            }
+            append(UnsafeBufferPointer(rebasing: bytes[run..<index]))
+            switch byte {
+            case 0x22: append(#"\""#)
+            case 0x5C: append(#"\\"#)
+            case 0x0A: append(#"\n"#)
+            case 0x09: append(#"\t"#)
+            case 0x0D: append(#"\r"#)
+            default: appendEscapedByte(byte, prefix: #"\x"#)
+            }
+            index += 1
+            run = index
+        }
+        append(UnsafeBufferPointer(rebasing: bytes[run...]))
+    }
+
+    public func appendTextEscaped(_ bytes: [UInt8]) {
+        bytes.withUnsafeBufferPointer { appendTextEscaped($0) }
+    }
+
+    public func appendTextEscaped(_ string: String) {
+        string.withUTF8Bytes { appendTextEscaped($0) }
+    }
+}

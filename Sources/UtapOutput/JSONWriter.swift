@@ -1,0 +1,137 @@
+import UtapCore
+
+/// Writes JSON Lines (`--format json`): one object per event, `lost` record and summary,
+/// keys in the order DESIGN.md fixes, so consumers may rely on it.
+public final class JSONWriter: EventWriter {
+    /// Everything constant about a probe, encoded once so an event costs no encoding of
+    /// names.
+    private final class EncodedProbe {
+        /// `"probe":"NAME","kind":"KIND","fields":{`
+        let prefix: [UInt8]
+        /// `"NAME":` for the first field, `,"NAME":` for the others.
+        let keys: [[UInt8]]
+        /// `"NAME"`, for lost records.
+        let quotedName: [UInt8]
+
+        init(_ probe: ProbeDescriptor) {
+            quotedName = OutputBuffer.encode { $0.appendJSONString(probe.name) }
+            prefix = OutputBuffer.encode {
+                $0.append(#""probe":"#)
+                $0.appendJSONString(probe.name)
+                $0.append(#","kind":""#)
+                $0.append(probe.kind.rawValue)
+                $0.append(#"","fields":{"#)
+            }
+            keys = probe.fieldNames.indices.map { Self.key(probe, $0) }
+        }
+
+        static func key(_ probe: ProbeDescriptor, _ index: Int) -> [UInt8] {
+            OutputBuffer.encode {
+                if index > 0 { $0.append(0x2C) }
+                $0.appendJSONString(probe.fieldName(index))
+                $0.append(0x3A)
+            }
+        }
+    }
+
+    private let probes: [ProbeDescriptor]
+    private let encoded: [EncodedProbe]
+    private let output: OutputBuffer
+
+    public init(probes: [ProbeDescriptor], output: OutputBuffer) {
+        self.probes = probes
+        self.encoded = probes.map(EncodedProbe.init)
+        self.output = output
+    }
+
+    private func encodedProbe(_ index: Int) -> (ProbeDescriptor, EncodedProbe) {
+        if encoded.indices.contains(index) { return (probes[index], encoded[index]) }
+        let unknown = ProbeDescriptor.unknown(index)
+        return (unknown, EncodedProbe(unknown))
+    }
+
+    public func write(_ event: Event) throws {
+        let (descriptor, probe) = encodedProbe(event.probe)
+        output.append(#"{"type":"event","ts_ns":"#)
+        output.appendDecimal(event.timestampNs)
+        output.append(#","pid":"#)
+        output.appendDecimal(Int64(event.pid))
+        output.append(#","tid":"#)
+        output.appendDecimal(Int64(event.tid))
+        output.append(#","comm":"#)
+        output.appendJSONString(event.comm)
+        output.append(0x2C)
+        output.append(probe.prefix)
+        for (index, value) in event.fields.enumerated() {
+            if index < probe.keys.count {
+                output.append(probe.keys[index])
+            } else {
+                output.append(EncodedProbe.key(descriptor, index))
+            }
+            append(value)
+        }
+        output.append(0x7D)
+        if let latency = event.latencyNs {
+            output.append(#","latency_ns":"#)
+            output.appendDecimal(latency)
+        }
+        if let stack = event.stack {
+            output.append(#","stack":["#)
+            for (index, frame) in stack.enumerated() {
+                if index > 0 { output.append(0x2C) }
+                output.appendJSONString(frame)
+            }
+            output.append(0x5D)
+        }
+        output.append("}\n")
+        try output.flushIfFull()
+    }
+
+    private func append(_ value: FieldValue) {
+        switch value {
+        case .signed(let number): output.appendDecimal(number)
+        case .unsigned(let number): output.appendDecimal(number)
+        case .hex(let number), .pointer(let number):
+            output.append(0x22)
+            output.appendHex(number)
+            output.append(0x22)
+        case .bool(let flag): output.append(flag ? "true" : "false")
+        // Truncation is not marked: the value is what was read, and a marker inside the
+        // string would be indistinguishable from the target's bytes.
+        case .string(let bytes, _): output.appendJSONString(bytes)
+        case .unreadable: output.append("null")
+        }
+    }
+
+    public func lost(probe index: Int, count: UInt64) throws {
+        output.append(#"{"type":"lost","probe":"#)
+        output.append(encodedProbe(index).1.quotedName)
+        output.append(#","count":"#)
+        output.appendDecimal(count)
+        output.append("}\n")
+        try output.flushIfFull()
+    }
+
+    public func summary(_ summary: TraceSummary) throws {
+        output.append(#"{"type":"summary","events":"#)
+        output.appendDecimal(summary.totalEvents)
+        output.append(#","lost":"#)
+        output.appendDecimal(summary.totalLost)
+        output.append(#","probes":{"#)
+        for (index, line) in summaryLines(summary, probes: probes).enumerated() {
+            if index > 0 { output.append(0x2C) }
+            output.appendJSONString(line.name)
+            output.append(#":{"events":"#)
+            output.appendDecimal(line.events)
+            output.append(#","lost":"#)
+            output.appendDecimal(line.lost)
+            output.append(0x7D)
+        }
+        output.append("}}\n")
+        try output.flushIfFull()
+    }
+
+    public func flush() throws {
+        try output.flush()
+    }
+}

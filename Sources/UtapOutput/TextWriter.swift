@@ -1,0 +1,225 @@
+import UtapCore
+
+/// Writes the default human-readable format: a header, then one aligned line per event,
+/// `TIME(s) COMM PID/TID PROBE FIELDS... [LATENCY]`, with stack frames on indented lines
+/// below it. Loss and the summary go to a separate stream (stderr) so that stdout holds
+/// only events.
+public final class TextWriter: EventWriter {
+    private static let timeWidth = 12
+    private static let commWidth = 16
+    private static let pidTidWidth = 13
+
+    /// Everything constant about a probe, encoded once.
+    private final class EncodedProbe {
+        /// The name padded to the probe column, with the separator: used when fields or
+        /// latency follow.
+        let paddedName: [UInt8]
+        /// The name alone: lines do not end in spaces.
+        let name: [UInt8]
+        /// `NAME=` for the first field, `  NAME=` for the others.
+        let keys: [[UInt8]]
+
+        init(_ probe: ProbeDescriptor, width: Int) {
+            name = OutputBuffer.encode { $0.appendTextEscaped(probe.name) }
+            paddedName = name + Array(repeating: 0x20, count: max(width - name.count, 0) + 1)
+            keys = probe.fieldNames.indices.map { Self.key(probe, $0) }
+        }
+
+        static func key(_ probe: ProbeDescriptor, _ index: Int) -> [UInt8] {
+            OutputBuffer.encode {
+                if index > 0 { $0.append("  ") }
+                $0.appendTextEscaped(probe.fieldName(index))
+                $0.append(0x3D)
+            }
+        }
+    }
+
+    private let probes: [ProbeDescriptor]
+    private let encoded: [EncodedProbe]
+    private let probeWidth: Int
+    private let output: OutputBuffer
+    private let summaryOutput: OutputBuffer
+    private let startNs: UInt64
+    private var wroteHeader = false
+
+    /// - Parameters:
+    ///   - summaryOutput: where `lost` lines and the summary go (stderr); nil puts them in
+    ///     `output`, since loss is never silent.
+    ///   - startNs: CLOCK_MONOTONIC time of the session start; TIME is seconds since it.
+    public init(probes: [ProbeDescriptor], output: OutputBuffer,
+                summaryOutput: OutputBuffer? = nil, startNs: UInt64) {
+        let width = max(probes.map { $0.name.utf8.count }.max() ?? 0, "PROBE".utf8.count - 2) + 2
+        self.probes = probes
+        self.probeWidth = width
+        self.encoded = probes.map { EncodedProbe($0, width: width) }
+        self.output = output
+        self.summaryOutput = summaryOutput ?? output
+        self.startNs = startNs
+    }
+
+    private func encodedProbe(_ index: Int) -> (ProbeDescriptor, EncodedProbe) {
+        if encoded.indices.contains(index) { return (probes[index], encoded[index]) }
+        let unknown = ProbeDescriptor.unknown(index)
+        return (unknown, EncodedProbe(unknown, width: probeWidth))
+    }
+
+    private func writeHeader() {
+        var start = output.bufferedCount
+        output.append("TIME(s)")
+        output.pad(from: start, toWidth: Self.timeWidth + 1)
+        start = output.bufferedCount
+        output.append("COMM")
+        output.pad(from: start, toWidth: Self.commWidth + 1)
+        start = output.bufferedCount
+        output.append("PID/TID")
+        output.pad(from: start, toWidth: Self.pidTidWidth + 1)
+        start = output.bufferedCount
+        output.append("PROBE")
+        output.pad(from: start, toWidth: probeWidth + 1)
+        output.append("FIELDS\n")
+    }
+
+    public func write(_ event: Event) throws {
+        if !wroteHeader {
+            writeHeader()
+            wroteHeader = true
+        }
+        let (descriptor, probe) = encodedProbe(event.probe)
+        appendTime(event.timestampNs)
+        output.append(0x20)
+
+        var start = output.bufferedCount
+        output.appendTextEscaped(event.comm)
+        output.pad(from: start, toWidth: Self.commWidth)
+        output.append(0x20)
+
+        start = output.bufferedCount
+        output.appendDecimal(Int64(event.pid))
+        output.append(0x2F)
+        output.appendDecimal(Int64(event.tid))
+        output.pad(from: start, toWidth: Self.pidTidWidth)
+        output.append(0x20)
+
+        let hasTail = !event.fields.isEmpty || event.latencyNs != nil
+        output.append(hasTail ? probe.paddedName : probe.name)
+        for (index, value) in event.fields.enumerated() {
+            if index < probe.keys.count {
+                output.append(probe.keys[index])
+            } else {
+                output.append(EncodedProbe.key(descriptor, index))
+            }
+            append(value)
+        }
+        if let latency = event.latencyNs {
+            output.append(event.fields.isEmpty ? "latency=" : "  latency=")
+            appendDuration(latency)
+        }
+        output.append(0x0A)
+        for frame in event.stack ?? [] {
+            output.append("    ")
+            output.appendTextEscaped(frame)
+            output.append(0x0A)
+        }
+        try output.flushIfFull()
+    }
+
+    /// Seconds since the session start with microseconds, right-aligned. Signed, because
+    /// an event stamped before the start is a fact worth showing, not hiding.
+    private func appendTime(_ timestampNs: UInt64) {
+        let delta = Int64(bitPattern: timestampNs &- startNs)
+        let micros = delta.magnitude / 1000
+        let seconds = micros / 1_000_000
+        let width = (delta < 0 ? 1 : 0) + decimalDigitCount(seconds) + 7
+        output.appendSpaces(Self.timeWidth - width)
+        if delta < 0 { output.append(0x2D) }
+        output.appendDecimal(seconds)
+        output.append(0x2E)
+        output.appendDecimal(micros % 1_000_000, minDigits: 6)
+    }
+
+    /// `850ns`, `7.1us`, `12.0ms`, `3.5s`: the largest unit that keeps the value at 1 or
+    /// more, rounded to one decimal.
+    private func appendDuration(_ ns: UInt64) {
+        if ns < 1000 {
+            output.appendDecimal(ns)
+            output.append("ns")
+            return
+        }
+        for (tenth, unit) in [(UInt64(100), "us"), (100_000, "ms"), (100_000_000, "s")] {
+            let (quotient, remainder) = ns.quotientAndRemainder(dividingBy: tenth)
+            let tenths = quotient + (remainder * 2 >= tenth ? 1 : 0)
+            // Rounding can reach 1000.0 of a unit: that is 1.0 of the next one.
+            if tenths < 10_000 || unit == "s" {
+                output.appendDecimal(tenths / 10)
+                output.append(0x2E)
+                output.appendDecimal(tenths % 10)
+                output.append(unit)
+                return
+            }
+        }
+    }
+
+    private func append(_ value: FieldValue) {
+        switch value {
+        case .signed(let number): output.appendDecimal(number)
+        case .unsigned(let number): output.appendDecimal(number)
+        case .hex(let number), .pointer(let number): output.appendHex(number)
+        case .bool(let flag): output.append(flag ? "true" : "false")
+        case .string(let bytes, let truncated):
+            output.append(0x22)
+            output.appendTextEscaped(bytes)
+            output.append(truncated ? "\"..." : "\"")
+        case .unreadable(let address):
+            output.append("<unreadable ")
+            output.appendHex(address)
+            output.append(0x3E)
+        }
+    }
+
+    public func lost(probe index: Int, count: UInt64) throws {
+        try outputBeforeSummary()
+        summaryOutput.append("utap: lost ")
+        summaryOutput.appendDecimal(count)
+        summaryOutput.append(" events of ")
+        summaryOutput.append(encodedProbe(index).1.name)
+        summaryOutput.append(0x0A)
+        try summaryOutput.flush()
+    }
+
+    public func summary(_ summary: TraceSummary) throws {
+        try outputBeforeSummary()
+        summaryOutput.append("utap: ")
+        summaryOutput.appendDecimal(summary.totalEvents)
+        summaryOutput.append(" events, ")
+        summaryOutput.appendDecimal(summary.totalLost)
+        summaryOutput.append(" lost\n")
+        let lines = summaryLines(summary, probes: probes)
+        let nameWidth = lines.map { $0.name.utf8.count }.max() ?? 0
+        let eventsWidth = lines.map { decimalDigitCount($0.events) }.max() ?? 0
+        for line in lines {
+            summaryOutput.append("  ")
+            var start = summaryOutput.bufferedCount
+            summaryOutput.appendTextEscaped(line.name)
+            summaryOutput.pad(from: start, toWidth: nameWidth)
+            summaryOutput.append("  events=")
+            start = summaryOutput.bufferedCount
+            summaryOutput.appendDecimal(line.events)
+            summaryOutput.pad(from: start, toWidth: eventsWidth)
+            summaryOutput.append(" lost=")
+            summaryOutput.appendDecimal(line.lost)
+            summaryOutput.append(0x0A)
+        }
+        try summaryOutput.flush()
+    }
+
+    /// Events written before a loss or summary line reach the reader before it, so a
+    /// terminal showing both streams tells the story in order.
+    private func outputBeforeSummary() throws {
+        if summaryOutput !== output { try output.flush() }
+    }
+
+    public func flush() throws {
+        try output.flush()
+        if summaryOutput !== output { try summaryOutput.flush() }
+    }
+}

@@ -1,0 +1,85 @@
+import ArgumentParser
+import CLibbpf
+import Glibc
+import UtapBPF
+import UtapCore
+
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check what this machine supports and which backend 'auto' picks.",
+        discussion: "Each line is one check; the last says which backend --backend auto would use and why.")
+
+    private struct Check {
+        var ok: Bool
+        var what: String
+    }
+
+    func run() throws {
+        var uts = utsname()
+        uname(&uts)
+        let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let machine = withUnsafeBytes(of: uts.machine) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        print("utap doctor: kernel \(release) \(machine)")
+
+        let caps = Capabilities.current()
+        let capNames = [(Capabilities.bpf, "CAP_BPF"), (Capabilities.perfmon, "CAP_PERFMON"),
+                        (Capabilities.sysAdmin, "CAP_SYS_ADMIN"), (Capabilities.sysPtrace, "CAP_SYS_PTRACE")]
+        let held = capNames.filter { caps.has($0.0) }.map(\.1)
+        let missing = capNames.filter { !caps.has($0.0) }.map(\.1)
+
+        var bpfChecks: [Check] = [
+            Check(ok: caps.canUseBPF, what: "capabilities: have \(held.isEmpty ? "none" : held.joined(separator: " "))"
+                  + (missing.isEmpty ? "" : "; missing \(missing.joined(separator: " "))")),
+            Check(ok: libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_KPROBE, nil) == 1, what: "bpf() syscall loads uprobe programs"),
+            Check(ok: access("/sys/bus/event_source/devices/uprobe/type", R_OK) == 0, what: "uprobe perf PMU (/sys/bus/event_source/devices/uprobe)"),
+            Check(ok: libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1, what: "BPF ring buffer"),
+            Check(ok: libbpf_probe_bpf_helper(BPF_PROG_TYPE_KPROBE, BPF_FUNC_get_attach_cookie, nil) == 1, what: "attach cookies (bpf_get_attach_cookie)"),
+            Check(ok: access("/sys/kernel/btf/vmlinux", R_OK) == 0, what: "kernel BTF (/sys/kernel/btf/vmlinux)"),
+        ]
+        bpfChecks.append(roundTrip())
+        for check in bpfChecks {
+            print("  \(check.ok ? "ok  " : "FAIL")  \(check.what)")
+        }
+
+        let scope = (try? readTextFile("/proc/sys/kernel/yama/ptrace_scope"))?.trimmingTrailingWhitespace() ?? "absent"
+        let ptraceOK = caps.has(Capabilities.sysPtrace) && scope != "3"
+        print("  \(ptraceOK ? "ok  " : "FAIL")  ptrace: CAP_SYS_PTRACE \(caps.has(Capabilities.sysPtrace) ? "held" : "missing"), yama ptrace_scope=\(scope)")
+        print("  --    ptrace backend: not in this build yet")
+
+        if let failed = bpfChecks.first(where: { !$0.ok }) {
+            print("backend auto picks: none (bpf unusable: \(failed.what))")
+            throw ExitCode(1)
+        }
+        print("backend auto picks: bpf (every bpf check passed)")
+    }
+
+    /// Loads utap's own object, puts a probe on libc's getpid in this process, calls it and
+    /// reads the events back: the whole path a trace uses.
+    private func roundTrip() -> Check {
+        let calls = 3
+        do {
+            var resolver = ProbeResolver(pid: getpid(), executable: nil)
+            let probes = try resolver.resolve(try ProbeParser.parse("libc:getpid"))
+            let session = try BPFBackend().attach(TracePlan(probes: probes, scope: .process(getpid()), bufferBytes: 1 << 20))
+            defer { session.detach() }
+            for _ in 0..<calls { _ = getpid() }
+            var seen = 0
+            for _ in 0..<20 where seen < calls {
+                seen += try session.poll(timeoutMs: 10) { _ in }
+            }
+            return Check(ok: seen == calls, what: "uprobe round trip: probed libc:getpid in this process, \(seen) of \(calls) calls seen")
+        } catch let error as UtapError {
+            return Check(ok: false, what: "uprobe round trip: \(error.message)")
+        } catch {
+            return Check(ok: false, what: "uprobe round trip: \(error)")
+        }
+    }
+}
+
+extension String {
+    func trimmingTrailingWhitespace() -> String {
+        var s = self
+        while let last = s.last, last.isWhitespace { s.removeLast() }
+        return s
+    }
+}

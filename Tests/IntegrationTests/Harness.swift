@@ -1,0 +1,218 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Runs the real utap binary against the C targets built by `make targets`.
+/// Privileged: outside CI a test skips with the reason; inside CI (CI=true) it fails.
+enum Harness {
+    static let packageRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    static var utap: String {
+        ProcessInfo.processInfo.environment["UTAP_BIN"] ?? packageRoot + "/.build/debug/utap"
+    }
+
+    static var targets: String {
+        ProcessInfo.processInfo.environment["UTAP_TARGETS"] ?? packageRoot + "/.build/targets"
+    }
+
+    static func target(_ name: String) -> String { targets + "/" + name }
+
+    static var inCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+
+    /// Skips (locally) or fails (CI) unless utap, the targets, root and BPF are all here.
+    static func requirePrivileges(file: StaticString = #filePath, line: UInt = #line) throws {
+        var problems: [String] = []
+        if geteuid() != 0 { problems.append("not root") }
+        if access("/sys/bus/event_source/devices/uprobe/type", R_OK) != 0 { problems.append("no uprobe PMU") }
+        if access(utap, X_OK) != 0 { problems.append("no utap binary at \(utap) (run make build)") }
+        if access(target("args_pie"), X_OK) != 0 { problems.append("no targets in \(targets) (run make targets)") }
+        guard !problems.isEmpty else { return }
+        let reason = "privileged integration test needs: " + problems.joined(separator: ", ")
+        if inCI {
+            XCTFail(reason, file: file, line: line)
+            throw XCTSkip("failed: " + reason)
+        }
+        throw XCTSkip(reason)
+    }
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+
+        /// stdout as JSON Lines.
+        var records: [[String: Any]] {
+            stdout.split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+
+        var events: [[String: Any]] { records.filter { $0["type"] as? String == "event" } }
+
+        var summary: [String: Any]? { records.first { $0["type"] as? String == "summary" } }
+
+        func events(_ probe: String) -> [[String: Any]] {
+            events.filter { $0["probe"] as? String == probe }
+        }
+    }
+
+    /// Runs a program to completion, feeding `input` on stdin, killing it after `timeout`.
+    static func run(_ executable: String, _ arguments: [String], input: String = "",
+                    timeout: TimeInterval = 60) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe(), inp = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = inp
+        try process.run()
+        inp.fileHandleForWriting.write(Data(input.utf8))
+        try? inp.fileHandleForWriting.close()
+        let collected = Collector(out: out, err: err)
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(2000) }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+            XCTFail("\(executable) \(arguments) timed out after \(timeout) s")
+        }
+        process.waitUntilExit()
+        let (stdout, stderr) = collected.finish()
+        return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+    }
+
+    static func utap(_ arguments: [String], input: String = "", timeout: TimeInterval = 60) throws -> Result {
+        try run(utap, arguments, input: input, timeout: timeout)
+    }
+
+    /// Reads both pipes on background threads so neither can fill up and block the child.
+    final class Collector {
+        private var outData = Data(), errData = Data()
+        private let group = DispatchGroup()
+
+        init(out: Pipe, err: Pipe) {
+            read(out) { self.outData = $0 }
+            read(err) { self.errData = $0 }
+        }
+
+        private func read(_ pipe: Pipe, into store: @escaping (Data) -> Void) {
+            group.enter()
+            DispatchQueue.global().async {
+                store(pipe.fileHandleForReading.readDataToEndOfFile())
+                self.group.leave()
+            }
+        }
+
+        func finish() -> (String, String) {
+            group.wait()
+            return (String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        }
+    }
+
+    /// A target started with `--wait`: it has printed `ready <pid>` and waits for a line
+    /// on stdin before making its calls.
+    final class WaitingTarget {
+        let process = Process()
+        let pid: Int32
+        private let input = Pipe()
+        private let collector: Collector
+
+        init(_ name: String, _ arguments: [String]) throws {
+            process.executableURL = URL(fileURLWithPath: Harness.target(name))
+            process.arguments = arguments + ["--wait"]
+            let out = Pipe(), err = Pipe()
+            process.standardOutput = out
+            process.standardError = err
+            process.standardInput = input
+            try process.run()
+            // Read the ready line byte by byte so the rest stays for the collector.
+            var line = Data()
+            let handle = out.fileHandleForReading
+            while !line.contains(UInt8(ascii: "\n")) {
+                let byte = handle.readData(ofLength: 1)
+                if byte.isEmpty { break }
+                line.append(byte)
+            }
+            let text = String(decoding: line, as: UTF8.self)
+            guard text.hasPrefix("ready "), let pid = Int32(text.dropFirst(6).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw XCTSkip("target \(name) did not say ready: '\(text)'")
+            }
+            self.pid = pid
+            collector = Collector(out: out, err: err)
+        }
+
+        /// Lets the target make its calls and waits for it to exit.
+        func go() -> Result {
+            input.fileHandleForWriting.write(Data("go\n".utf8))
+            try? input.fileHandleForWriting.close()
+            process.waitUntilExit()
+            let (stdout, stderr) = collector.finish()
+            return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+        }
+
+        func kill(_ signo: Int32 = SIGKILL) {
+            Glibc.kill(pid, signo)
+            process.waitUntilExit()
+        }
+    }
+
+    /// utap running in the background; `stop()` interrupts it and collects its output.
+    final class Background {
+        let process = Process()
+        private let collector: Collector
+        private let errPipe = Pipe()
+
+        init(_ arguments: [String]) throws {
+            process.executableURL = URL(fileURLWithPath: Harness.utap)
+            process.arguments = arguments
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = errPipe
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            // The status line says the probes are attached.
+            var seen = Data()
+            let handle = errPipe.fileHandleForReading
+            while !String(decoding: seen, as: UTF8.self).contains("Ctrl-C to stop.") {
+                let byte = handle.readData(ofLength: 1)
+                if byte.isEmpty { break }
+                seen.append(byte)
+            }
+            collector = Collector(out: out, err: errPipe)
+            prefix = String(decoding: seen, as: UTF8.self)
+        }
+
+        private let prefix: String
+
+        func stop(_ signo: Int32 = SIGINT, timeout: TimeInterval = 30) -> Result {
+            if process.isRunning { Glibc.kill(process.processIdentifier, signo) }
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning && Date() < deadline { usleep(2000) }
+            if process.isRunning {
+                process.terminate()
+                XCTFail("utap did not stop after signal \(signo)")
+            }
+            process.waitUntilExit()
+            let (stdout, stderr) = collector.finish()
+            return Result(status: process.terminationStatus, stdout: stdout, stderr: prefix + stderr)
+        }
+
+        /// Waits for utap to exit by itself.
+        func wait(timeout: TimeInterval = 30) -> Result {
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning && Date() < deadline { usleep(2000) }
+            return stop(SIGKILL)
+        }
+    }
+}
+
+extension Dictionary where Key == String, Value == Any {
+    func field(_ name: String) -> Any? { (self["fields"] as? [String: Any])?[name] }
+    func int(_ name: String) -> Int64? { (field(name) as? NSNumber)?.int64Value }
+    func uint(_ name: String) -> UInt64? { (field(name) as? NSNumber)?.uint64Value }
+}

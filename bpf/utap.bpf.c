@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * utap's generic uprobe programs. One object serves every probe: what a hit records is
+ * looked up in the `probes` array by the attach cookie, so no compiler runs at trace time.
+ * Layouts shared with Swift live in utap_abi.h.
+ */
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include "utap_abi.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Sized by the loader before load (bpf_map__set_max_entries). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct utap_probe_config);
+} probes SEC(".maps");
+
+/* Records lost because the ring buffer was full, or returns the kernel will not report, per probe. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} lost SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+/* A record is assembled here, then copied into the ring buffer at its exact size. */
+struct scratch {
+    __u8 buf[UTAP_RECORD_MAX + UTAP_STR_MAX];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* Entry times of the calls a thread has not returned from yet, innermost last. */
+struct pending_calls {
+    __u32 depth;
+    __u32 reserved;
+    __u64 ts[UTAP_MAX_DEPTH];
+    __u64 sp[UTAP_MAX_DEPTH]; /* stack pointer at entry: return sp is sp + 8 */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u32);
+    __type(value, struct pending_calls);
+} pending SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct pending_calls);
+} pending_zero SEC(".maps");
+
+static __always_inline void count_lost(__u32 slot)
+{
+    __u64 *n = bpf_map_lookup_elem(&lost, &slot);
+    if (n)
+        *n += 1;
+}
+
+/*
+ * The registers a field can name, indexed by enum utap_source. Copied up front: the
+ * verifier refuses context loads through a computed pointer, which a switch would become.
+ */
+static __always_inline void load_sources(struct pt_regs *ctx, __u64 regs[8])
+{
+    regs[UTAP_SRC_ARG0] = ctx->rdi;
+    regs[UTAP_SRC_ARG1] = ctx->rsi;
+    regs[UTAP_SRC_ARG2] = ctx->rdx;
+    regs[UTAP_SRC_ARG3] = ctx->rcx;
+    regs[UTAP_SRC_ARG4] = ctx->r8;
+    regs[UTAP_SRC_ARG5] = ctx->r9;
+    regs[UTAP_SRC_RET] = ctx->rax;
+    regs[7] = 0;
+}
+
+static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_config *cfg,
+                                 __u64 now, __u64 latency, __u16 flags)
+{
+    __u32 zero = 0;
+    struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+    if (!s)
+        return;
+    struct utap_event *e = (struct utap_event *)s->buf;
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 nfields = cfg->nfields;
+    if (nfields > UTAP_MAX_FIELDS)
+        nfields = UTAP_MAX_FIELDS;
+    __u32 off = UTAP_EVENT_HEADER_SIZE + nfields * 8;
+    __u64 regs[8];
+
+    load_sources(ctx, regs);
+
+    e->ts_ns = now;
+    e->latency_ns = latency;
+    e->pid = pid_tgid >> 32;
+    e->tid = (__u32)pid_tgid;
+    e->probe = cfg->probe;
+    e->flags = flags;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+
+    /* A bounded loop: the verifier walks it, no unrolling needed. */
+    for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
+        if (i >= nfields)
+            break;
+        const struct utap_field_config *f = &cfg->fields[i];
+        __u64 v = regs[f->source & 7];
+        if (f->kind == UTAP_FIELD_STR) {
+            __u32 len = f->str_len;
+            if (len > UTAP_STR_MAX)
+                len = UTAP_STR_MAX;
+            off &= UTAP_RECORD_MAX - 1; /* proves to the verifier the copy stays in buf */
+            long r = bpf_probe_read_user_str(&s->buf[off], len, (const void *)v);
+            e->values[i] = ((__u64)off << 32) | (__u32)r;
+            if (r > 0) {
+                off += r;
+            } else {
+                /*
+                 * Usually a page not faulted in yet (a constant string never touched),
+                 * which BPF cannot fault in: hand the pointer to user space to read.
+                 */
+                *(__u64 *)&s->buf[off] = v;
+                off += 8;
+            }
+        } else {
+            e->values[i] = v;
+        }
+    }
+    /* At most 48 + 6 * (8 + UTAP_STR_MAX) bytes: the mask only convinces the verifier. */
+    off &= UTAP_RECORD_MAX - 1;
+    e->size = off;
+
+    /*
+     * Waking the reader per record costs an IPI per hit; the reader polls every few ms
+     * anyway, so wake it only when the buffer is filling up.
+     */
+    __u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+    __u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+    __u64 wake = avail > size / 4 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(&events, s->buf, off, wake))
+        count_lost(cfg->probe);
+}
+
+static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
+{
+    struct pending_calls *p = bpf_map_lookup_elem(&pending, &tid);
+    if (p || !create)
+        return p;
+    __u32 zero = 0;
+    struct pending_calls *blank = bpf_map_lookup_elem(&pending_zero, &zero);
+    if (!blank)
+        return 0;
+    bpf_map_update_elem(&pending, &tid, blank, BPF_NOEXIST);
+    return bpf_map_lookup_elem(&pending, &tid);
+}
+
+SEC("uprobe")
+int utap_entry(struct pt_regs *ctx)
+{
+    __u32 id = (__u32)bpf_get_attach_cookie(ctx);
+    const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
+    if (!cfg)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+
+    if (cfg->flags & UTAP_PROBE_PUSH_TS) {
+        struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 1);
+        if (p) {
+            __u32 d = p->depth;
+            if (d < UTAP_MAX_DEPTH) {
+                p->ts[d] = now;
+                p->sp[d] = ctx->rsp;
+                p->depth = d + 1;
+            } else {
+                /* The kernel will not hijack this return either: its return is lost. */
+                count_lost(cfg->probe);
+            }
+        }
+    }
+    if (cfg->flags & UTAP_PROBE_EMIT)
+        emit(ctx, cfg, now, 0, 0);
+    return 0;
+}
+
+SEC("uretprobe")
+int utap_return(struct pt_regs *ctx)
+{
+    __u32 id = (__u32)bpf_get_attach_cookie(ctx);
+    const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
+    if (!cfg)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 latency = 0;
+    __u16 flags = UTAP_EVENT_RETURN;
+
+    if (cfg->flags & UTAP_PROBE_POP_TS) {
+        struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 0);
+        if (p) {
+            __u64 ret_sp = ctx->rsp;
+            /*
+             * Calls left by longjmp or an exception never return; their entries sit above
+             * this frame (lower stack pointers) and are dropped here.
+             */
+            for (int i = 0; i < 8; i++) {
+                __u32 d = p->depth;
+                if (d == 0 || d > UTAP_MAX_DEPTH)
+                    break;
+                if (p->sp[(d - 1) & (UTAP_MAX_DEPTH - 1)] + 8 >= ret_sp)
+                    break;
+                p->depth = d - 1;
+            }
+            __u32 d = p->depth;
+            if (d > 0 && d <= UTAP_MAX_DEPTH) {
+                __u32 top = (d - 1) & (UTAP_MAX_DEPTH - 1);
+                if (p->sp[top] + 8 == ret_sp) {
+                    latency = now - p->ts[top];
+                    flags |= UTAP_EVENT_LATENCY;
+                    p->depth = d - 1;
+                }
+            }
+        }
+    }
+    if (cfg->flags & UTAP_PROBE_EMIT)
+        emit(ctx, cfg, now, latency, flags);
+    return 0;
+}

@@ -1,0 +1,94 @@
+# tests/targets/targets.mk - C target programs for utap integration tests.
+#
+# Included from the top-level Makefile, or standalone (from the repo root):
+#     make -f tests/targets/targets.mk targets
+# Everything is built into $(TARGETS_OUT) (default .build/targets).
+# See tests/targets/README.md for what each program does.
+
+# Directory of this fragment (relative to the directory make runs in).
+TARGETS_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+
+TARGETS_OUT   ?= .build/targets
+TARGETS_CC    ?= cc
+TARGETS_CLANG ?= clang-14
+TARGETS_STRIP ?= strip
+TARGETS_WARN  ?= -std=gnu11 -Wall -Wextra
+
+TARGETS_HDR := $(TARGETS_SRC)/common.h
+# Rebuild when the shared header or this fragment changes.
+TARGETS_DEPS := $(TARGETS_HDR) $(TARGETS_SRC)/targets.mk
+
+TARGETS_FLAGS_args_pie    := -O2 -g -fPIE -pie -fcf-protection=full -fno-omit-frame-pointer
+TARGETS_FLAGS_args_nopie  := -O2 -fno-pie -no-pie -fcf-protection=none
+TARGETS_FLAGS_args_stripped := $(TARGETS_FLAGS_args_pie) -rdynamic
+TARGETS_FLAGS_args_O0     := -O0 -fcf-protection=none
+TARGETS_FLAGS_args_clang  := -O2 -fcf-protection=full
+TARGETS_FLAGS_threads     := -O2 -g -pthread -fcf-protection=full
+TARGETS_FLAGS_default     := -O2 -g
+
+TARGETS_SIMPLE := sleeper demo fib forever
+
+TARGETS_BINS := \
+	$(TARGETS_OUT)/args_pie \
+	$(TARGETS_OUT)/args_nopie \
+	$(TARGETS_OUT)/args_stripped \
+	$(TARGETS_OUT)/args_O0 \
+	$(TARGETS_OUT)/args_clang \
+	$(TARGETS_OUT)/threads \
+	$(TARGETS_OUT)/libutaptest.so.1 \
+	$(TARGETS_OUT)/libutaptest.so \
+	$(TARGETS_OUT)/uselib \
+	$(addprefix $(TARGETS_OUT)/,$(TARGETS_SIMPLE))
+
+.PHONY: targets targets-clean
+targets: $(TARGETS_BINS)
+
+targets-clean:
+	rm -rf $(TARGETS_OUT)
+
+$(TARGETS_OUT) $(TARGETS_OUT)/tmp:
+	mkdir -p $@
+
+# --- args.c, five variants -------------------------------------------------
+
+$(TARGETS_OUT)/args_pie $(TARGETS_OUT)/args_nopie $(TARGETS_OUT)/args_O0: \
+		$(TARGETS_OUT)/args_%: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_args_$*) -o $@ $<
+
+# Full (unstripped) build kept in tmp/, then stripped: only .dynsym remains.
+$(TARGETS_OUT)/tmp/args_stripped.full: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)/tmp
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_args_stripped) -o $@ $<
+
+$(TARGETS_OUT)/args_stripped: $(TARGETS_OUT)/tmp/args_stripped.full | $(TARGETS_OUT)
+	$(TARGETS_STRIP) --strip-all -o $@ $<
+
+$(TARGETS_OUT)/args_clang: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)
+	@command -v $(TARGETS_CLANG) >/dev/null 2>&1 || { \
+	  echo "error: $(TARGETS_CLANG) not found; it is needed for $@ (install it with 'make deps')" >&2; \
+	  exit 1; }
+	$(TARGETS_CLANG) $(TARGETS_WARN) $(TARGETS_FLAGS_args_clang) -o $@ $<
+
+# --- threads -----------------------------------------------------------------
+
+$(TARGETS_OUT)/threads: $(TARGETS_SRC)/threads.c $(TARGETS_DEPS) | $(TARGETS_OUT)
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_threads) -o $@ $<
+
+# --- shared library + user ---------------------------------------------------
+
+$(TARGETS_OUT)/libutaptest.so.1: $(TARGETS_SRC)/libutaptest.c $(TARGETS_DEPS) | $(TARGETS_OUT)
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_default) -fPIC -shared \
+		-Wl,-soname,libutaptest.so.1 -o $@ $<
+
+$(TARGETS_OUT)/libutaptest.so: | $(TARGETS_OUT)/libutaptest.so.1
+	ln -sfn libutaptest.so.1 $@
+
+$(TARGETS_OUT)/uselib: $(TARGETS_SRC)/uselib.c $(TARGETS_DEPS) \
+		$(TARGETS_OUT)/libutaptest.so.1 | $(TARGETS_OUT)/libutaptest.so
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_default) -o $@ $< \
+		-L$(TARGETS_OUT) -lutaptest -Wl,-rpath,'$$ORIGIN'
+
+# --- simple single-file programs --------------------------------------------
+
+$(addprefix $(TARGETS_OUT)/,$(TARGETS_SIMPLE)): \
+		$(TARGETS_OUT)/%: $(TARGETS_SRC)/%.c $(TARGETS_DEPS) | $(TARGETS_OUT)
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_default) -o $@ $<
