@@ -92,7 +92,8 @@ public final class ELFImage: Sendable {
     /// Opens and parses `path`. Throws a usage error when the file is missing, is not a
     /// regular file, is not ELF, or is an ELF for another machine than x86-64.
     public static func open(_ path: String) throws(UtapError) -> ELFImage {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK so that a FIFO is refused below instead of waited on.
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
             throw .usage("'\(path)': \(openFailure(errno))")
         }

@@ -19,8 +19,9 @@ public enum IFuncResolver {
             return ELFSymbol(name: symbol.name, address: address, size: 0)
         }
         var candidates: [String] = []
-        for function in image.functions where !function.isIFunc && function.name.contains(symbol.name)
-            && !candidates.contains(function.name) {
+        // Other names at the IFUNC's address are its resolver, not implementations.
+        for function in image.functions where function.address != symbol.address && !function.isIFunc
+            && function.name.contains(symbol.name) && !candidates.contains(function.name) {
             candidates.append(function.name)
         }
         throw .usage("'\(symbol.name)' in \(image.path) is an IFUNC: the implementation depends on the process",

@@ -1,7 +1,7 @@
 import UtapCore
 
-/// Writes a session's records in one output format. Engines and the CLI speak only to
-/// this; nothing upstream knows which format is in use.
+/// Writes a session's records in one output format. The CLI feeds it the events the
+/// engines produce, so neither the engines nor the run loop know which format is in use.
 public protocol EventWriter: AnyObject {
     func write(_ event: Event) throws
     /// `count` events of probe index `probe` were dropped (ring buffer full, …).
@@ -17,11 +17,12 @@ extension ProbeDescriptor {
     static func unknown(_ index: Int) -> ProbeDescriptor {
         ProbeDescriptor(name: "probe#\(index)", kind: .entry, fieldNames: [])
     }
+}
 
-    /// The name of field `index`, positional for values the descriptor does not name.
-    func fieldName(_ index: Int) -> String {
-        index < fieldNames.count ? fieldNames[index] : "field\(index)"
-    }
+/// The name for a field value beyond those its probe names (an engine bug, shown rather
+/// than hidden).
+func unnamedFieldName(_ index: Int) -> String {
+    "field\(index)"
 }
 
 /// One line of a summary: the counts of every probe with this name, merged, because two

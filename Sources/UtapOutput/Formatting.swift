@@ -3,21 +3,29 @@
 extension OutputBuffer {
     /// Appends `value` in decimal, zero-padded to at least `minDigits` digits.
     public func appendDecimal(_ value: UInt64, minDigits: Int = 1) {
-        // UInt64.max has 20 digits; they are produced backwards into stack memory.
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
-            var start = digits.count
-            var rest = value
-            repeat {
-                start -= 1
-                digits[start] = 0x30 + UInt8(truncatingIfNeeded: rest % 10)
-                rest /= 10
-            } while rest != 0
-            while digits.count - start < minDigits && start > 0 {
-                start -= 1
-                digits[start] = 0x30
-            }
-            append(UnsafeBufferPointer(rebasing: digits[start...]))
+        let count = max(decimalDigitCount(value), minDigits)
+        // Written last digit first, straight into the buffer, two digits per division
+        // (timestamps have 13 or more).
+        let digits = reserve(count)
+        let pairs = digitPairs.utf8Start
+        var index = count
+        var rest = value
+        while rest >= 10 {
+            let pair = Int(truncatingIfNeeded: rest % 100) &* 2
+            rest /= 100
+            index -= 2
+            digits[index] = pairs[pair]
+            digits[index + 1] = pairs[pair + 1]
         }
+        if rest > 0 || index == count {
+            index -= 1
+            digits[index] = 0x30 + UInt8(truncatingIfNeeded: rest)
+        }
+        while index > 0 {
+            index -= 1
+            digits[index] = 0x30
+        }
+        commit(count)
     }
 
     /// Appends `value` in decimal with a leading `-` when negative (Int64.min included).
@@ -28,18 +36,16 @@ extension OutputBuffer {
 
     /// Appends `value` as `0x` and lowercase hex digits without leading zeros (`0x0`).
     public func appendHex(_ value: UInt64) {
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 18) { digits in
-            var start = digits.count
-            var rest = value
-            repeat {
-                start -= 1
-                digits[start] = hexDigit(UInt8(truncatingIfNeeded: rest & 0xF))
-                rest >>= 4
-            } while rest != 0
-            digits[start - 1] = 0x78  // x
-            digits[start - 2] = 0x30  // 0
-            append(UnsafeBufferPointer(rebasing: digits[(start - 2)...]))
+        let count = max((value.bitWidth - value.leadingZeroBitCount + 3) / 4, 1)
+        let text = reserve(count + 2)
+        text[0] = 0x30  // 0
+        text[1] = 0x78  // x
+        var rest = value
+        for index in stride(from: count + 1, through: 2, by: -1) {
+            text[index] = hexDigit(UInt8(truncatingIfNeeded: rest & 0xF))
+            rest >>= 4
         }
+        commit(count + 2)
     }
 
     /// Appends `prefix` and the byte as two lowercase hex digits (`\x`, `\u00`).
@@ -51,15 +57,29 @@ extension OutputBuffer {
     }
 }
 
-/// Digits `value` needs in decimal: for right-aligning numbers.
+/// Digits `value` needs in decimal.
+@inline(__always)
 func decimalDigitCount(_ value: UInt64) -> Int {
     var count = 1
     var rest = value
-    while rest >= 10 {
-        rest /= 10
-        count += 1
+    while rest >= 10_000 {
+        rest /= 10_000
+        count += 4
     }
+    if rest >= 1000 { return count + 3 }
+    if rest >= 100 { return count + 2 }
+    if rest >= 10 { return count + 1 }
     return count
+}
+
+/// "00" through "99", for writing decimals two digits at a time; a literal, so reading
+/// it costs no lazy initialisation.
+private var digitPairs: StaticString {
+    """
+    00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+    40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899
+    """
 }
 
 @inline(__always)

@@ -22,14 +22,22 @@ public final class JSONWriter: EventWriter {
                 $0.append(probe.kind.rawValue)
                 $0.append(#"","fields":{"#)
             }
-            keys = probe.fieldNames.indices.map { Self.key(probe, $0) }
+            keys = probe.fieldNames.enumerated().map { Self.key($1, $0) }
         }
 
-        static func key(_ probe: ProbeDescriptor, _ index: Int) -> [UInt8] {
+        static func key(_ name: String, _ index: Int) -> [UInt8] {
             OutputBuffer.encode {
                 if index > 0 { $0.append(0x2C) }
-                $0.appendJSONString(probe.fieldName(index))
+                $0.appendJSONString(name)
                 $0.append(0x3A)
+            }
+        }
+
+        func appendKey(_ index: Int, to output: OutputBuffer) {
+            if index < keys.count {
+                output.append(keys[index])
+            } else {
+                output.append(Self.key(unnamedFieldName(index), index))
             }
         }
     }
@@ -44,14 +52,12 @@ public final class JSONWriter: EventWriter {
         self.output = output
     }
 
-    private func encodedProbe(_ index: Int) -> (ProbeDescriptor, EncodedProbe) {
-        if encoded.indices.contains(index) { return (probes[index], encoded[index]) }
-        let unknown = ProbeDescriptor.unknown(index)
-        return (unknown, EncodedProbe(unknown))
+    private func encodedProbe(_ index: Int) -> EncodedProbe {
+        encoded.indices.contains(index) ? encoded[index] : EncodedProbe(.unknown(index))
     }
 
     public func write(_ event: Event) throws {
-        let (descriptor, probe) = encodedProbe(event.probe)
+        let probe = encodedProbe(event.probe)
         output.append(#"{"type":"event","ts_ns":"#)
         output.appendDecimal(event.timestampNs)
         output.append(#","pid":"#)
@@ -63,11 +69,7 @@ public final class JSONWriter: EventWriter {
         output.append(0x2C)
         output.append(probe.prefix)
         for (index, value) in event.fields.enumerated() {
-            if index < probe.keys.count {
-                output.append(probe.keys[index])
-            } else {
-                output.append(EncodedProbe.key(descriptor, index))
-            }
+            probe.appendKey(index, to: output)
             append(value)
         }
         output.append(0x7D)
@@ -105,7 +107,7 @@ public final class JSONWriter: EventWriter {
 
     public func lost(probe index: Int, count: UInt64) throws {
         output.append(#"{"type":"lost","probe":"#)
-        output.append(encodedProbe(index).1.quotedName)
+        output.append(encodedProbe(index).quotedName)
         output.append(#","count":"#)
         output.appendDecimal(count)
         output.append("}\n")

@@ -32,11 +32,18 @@ public final class OutputBuffer {
     /// Buffered bytes above which `flushIfFull()` writes.
     public static let flushThreshold = 64 * 1024
 
+    /// The buffer, managed by hand and reached through a `let` pointer: measured, an
+    /// `[UInt8]` in a stored `var` cost a dynamic exclusivity check on every access and
+    /// Array's generic append path, together most of the time per event.
+    private struct Storage {
+        var bytes: UnsafeMutablePointer<UInt8>
+        var count: Int
+        var capacity: Int
+    }
+
     private let fd: Int32
     private let ownsFD: Bool
-    /// The bytes, behind a pointer because a stored `var` of a class pays a dynamic
-    /// exclusivity check on every access: a third of the time per event when measured.
-    private let storage: UnsafeMutablePointer<[UInt8]>
+    private let storage: UnsafeMutablePointer<Storage>
     private var failure: OutputError?
 
     /// Bytes that were appended but never reached the fd because a write failed.
@@ -54,34 +61,32 @@ public final class OutputBuffer {
         self.fd = fd
         self.ownsFD = ownsFD
         storage = .allocate(capacity: 1)
-        storage.initialize(to: [])
-        storage.pointee.reserveCapacity(capacity)
-    }
-
-    @inline(__always)
-    private var buffer: [UInt8] {
-        _read { yield storage.pointee }
-        _modify { yield &storage.pointee }
+        storage.initialize(to: Storage(bytes: .allocate(capacity: capacity), count: 0,
+                                       capacity: capacity))
     }
 
     /// The bytes `body` appends, for encoding constant text (probe names, keys) once.
     static func encode(_ body: (OutputBuffer) -> Void) -> [UInt8] {
         let scratch = OutputBuffer(fd: -1, ownsFD: false, capacity: 64)
         body(scratch)
-        defer { scratch.buffer.removeAll() }
-        return scratch.buffer
+        defer { scratch.storage.pointee.count = 0 }
+        return Array(scratch.buffered)
     }
 
     deinit {
         // Best effort: whoever cared about errors flushed already.
         try? flush()
         if ownsFD { close(fd) }
-        storage.deinitialize(count: 1)
+        storage.pointee.bytes.deallocate()
         storage.deallocate()
     }
 
     /// Bytes appended and not yet written.
-    public var bufferedCount: Int { buffer.count }
+    public var bufferedCount: Int { storage.pointee.count }
+
+    private var buffered: UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: storage.pointee.bytes, count: storage.pointee.count)
+    }
 
     /// Writes everything buffered, retrying on EINTR and partial writes.
     public func flush() throws(OutputError) {
@@ -89,11 +94,10 @@ public final class OutputBuffer {
             discardBuffered(from: 0)
             throw failure
         }
+        let bytes = buffered
         var written = 0
-        while written < buffer.count {
-            let n = buffer.withUnsafeBytes { raw in
-                write(fd, raw.baseAddress! + written, raw.count - written)
-            }
+        while written < bytes.count {
+            let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
             if n >= 0 {
                 written += n
                 continue
@@ -111,13 +115,13 @@ public final class OutputBuffer {
                 return try fail(.writeFailed(errno: code), written: written)
             }
         }
-        buffer.removeAll(keepingCapacity: true)
+        storage.pointee.count = 0
     }
 
     /// Flushes when more than `flushThreshold` bytes are buffered.
     @inline(__always)
     public func flushIfFull() throws(OutputError) {
-        if buffer.count > Self.flushThreshold { try flush() }
+        if storage.pointee.count > Self.flushThreshold { try flush() }
     }
 
     private func fail(_ error: OutputError, written: Int) throws(OutputError) {
@@ -127,20 +131,47 @@ public final class OutputBuffer {
     }
 
     private func discardBuffered(from written: Int) {
-        unwrittenBytes += UInt64(buffer.count - written)
-        buffer.removeAll(keepingCapacity: true)
+        unwrittenBytes += UInt64(storage.pointee.count - written)
+        storage.pointee.count = 0
     }
 
     // MARK: Appenders
 
+    /// Room for `count` more bytes: where to write them. `commit` makes them part of the
+    /// buffer.
+    @inline(__always)
+    func reserve(_ count: Int) -> UnsafeMutablePointer<UInt8> {
+        if storage.pointee.capacity - storage.pointee.count < count { grow(count) }
+        return storage.pointee.bytes + storage.pointee.count
+    }
+
+    @inline(__always)
+    func commit(_ count: Int) {
+        storage.pointee.count += count
+    }
+
+    /// Only a record larger than the headroom (a deep stack) gets here.
+    @inline(never)
+    private func grow(_ count: Int) {
+        let capacity = max(storage.pointee.capacity * 2, storage.pointee.count + count)
+        let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        bytes.update(from: storage.pointee.bytes, count: storage.pointee.count)
+        storage.pointee.bytes.deallocate()
+        storage.pointee.bytes = bytes
+        storage.pointee.capacity = capacity
+    }
+
     @inline(__always)
     public func append(_ byte: UInt8) {
-        buffer.append(byte)
+        reserve(1).pointee = byte
+        commit(1)
     }
 
     @inline(__always)
     public func append(_ bytes: UnsafeBufferPointer<UInt8>) {
-        buffer.append(contentsOf: bytes)
+        guard let source = bytes.baseAddress else { return }
+        reserve(bytes.count).update(from: source, count: bytes.count)
+        commit(bytes.count)
     }
 
     @inline(__always)
@@ -157,14 +188,16 @@ public final class OutputBuffer {
     /// Appends `count` spaces.
     @inline(__always)
     public func appendSpaces(_ count: Int) {
-        if count > 0 { buffer.append(contentsOf: repeatElement(0x20, count: count)) }
+        guard count > 0 else { return }
+        reserve(count).update(repeating: 0x20, count: count)
+        commit(count)
     }
 
     /// Pads with spaces the text appended since `start` (a `bufferedCount` taken before
     /// it) to `width` bytes: a left-aligned column.
     @inline(__always)
     public func pad(from start: Int, toWidth width: Int) {
-        appendSpaces(width - (buffer.count - start))
+        appendSpaces(width - (storage.pointee.count - start))
     }
 }
 

@@ -22,14 +22,22 @@ public final class TextWriter: EventWriter {
         init(_ probe: ProbeDescriptor, width: Int) {
             name = OutputBuffer.encode { $0.appendTextEscaped(probe.name) }
             paddedName = name + Array(repeating: 0x20, count: max(width - name.count, 0) + 1)
-            keys = probe.fieldNames.indices.map { Self.key(probe, $0) }
+            keys = probe.fieldNames.enumerated().map { Self.key($1, $0) }
         }
 
-        static func key(_ probe: ProbeDescriptor, _ index: Int) -> [UInt8] {
+        static func key(_ name: String, _ index: Int) -> [UInt8] {
             OutputBuffer.encode {
                 if index > 0 { $0.append("  ") }
-                $0.appendTextEscaped(probe.fieldName(index))
+                $0.appendTextEscaped(name)
                 $0.append(0x3D)
+            }
+        }
+
+        func appendKey(_ index: Int, to output: OutputBuffer) {
+            if index < keys.count {
+                output.append(keys[index])
+            } else {
+                output.append(Self.key(unnamedFieldName(index), index))
             }
         }
     }
@@ -48,7 +56,10 @@ public final class TextWriter: EventWriter {
     ///   - startNs: CLOCK_MONOTONIC time of the session start; TIME is seconds since it.
     public init(probes: [ProbeDescriptor], output: OutputBuffer,
                 summaryOutput: OutputBuffer? = nil, startNs: UInt64) {
-        let width = max(probes.map { $0.name.utf8.count }.max() ?? 0, "PROBE".utf8.count - 2) + 2
+        let longest = probes.map { probe in
+            OutputBuffer.encode { $0.appendTextEscaped(probe.name) }.count
+        }.max() ?? 0
+        let width = max(longest + 2, "PROBE".utf8.count)
         self.probes = probes
         self.probeWidth = width
         self.encoded = probes.map { EncodedProbe($0, width: width) }
@@ -57,10 +68,9 @@ public final class TextWriter: EventWriter {
         self.startNs = startNs
     }
 
-    private func encodedProbe(_ index: Int) -> (ProbeDescriptor, EncodedProbe) {
-        if encoded.indices.contains(index) { return (probes[index], encoded[index]) }
-        let unknown = ProbeDescriptor.unknown(index)
-        return (unknown, EncodedProbe(unknown, width: probeWidth))
+    private func encodedProbe(_ index: Int) -> EncodedProbe {
+        if encoded.indices.contains(index) { return encoded[index] }
+        return EncodedProbe(.unknown(index), width: probeWidth)
     }
 
     private func writeHeader() {
@@ -84,7 +94,7 @@ public final class TextWriter: EventWriter {
             writeHeader()
             wroteHeader = true
         }
-        let (descriptor, probe) = encodedProbe(event.probe)
+        let probe = encodedProbe(event.probe)
         appendTime(event.timestampNs)
         output.append(0x20)
 
@@ -103,11 +113,7 @@ public final class TextWriter: EventWriter {
         let hasTail = !event.fields.isEmpty || event.latencyNs != nil
         output.append(hasTail ? probe.paddedName : probe.name)
         for (index, value) in event.fields.enumerated() {
-            if index < probe.keys.count {
-                output.append(probe.keys[index])
-            } else {
-                output.append(EncodedProbe.key(descriptor, index))
-            }
+            probe.appendKey(index, to: output)
             append(value)
         }
         if let latency = event.latencyNs {
@@ -181,7 +187,7 @@ public final class TextWriter: EventWriter {
         summaryOutput.append("utap: lost ")
         summaryOutput.appendDecimal(count)
         summaryOutput.append(" events of ")
-        summaryOutput.append(encodedProbe(index).1.name)
+        summaryOutput.append(encodedProbe(index).name)
         summaryOutput.append(0x0A)
         try summaryOutput.flush()
     }

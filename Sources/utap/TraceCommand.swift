@@ -97,10 +97,13 @@ struct Trace: ParsableCommand {
         let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
         let plan = TracePlan(probes: resolved, scope: scope, bufferBytes: bufferMb << 20)
         let output = try openOutput(output)
-        let writer: EventWriter = format == .json
-            ? JSONWriter(probes: resolved.map(\.descriptor), output: output)
-            : TextWriter(probes: resolved.map(\.descriptor), output: output,
-                         summaryOutput: OutputBuffer(fd: STDERR_FILENO, ownsFD: false), startNs: monotonicNow())
+        let descriptors = resolved.map(\.descriptor)
+        // The text summary always reaches the user on stderr, whatever the stream's format.
+        let stderrSummary = TextWriter(probes: descriptors, output: OutputBuffer(fd: STDERR_FILENO, ownsFD: false),
+                                       startNs: monotonicNow())
+        let writer: EventWriter = format == .json ? JSONWriter(probes: descriptors, output: output)
+            : TextWriter(probes: descriptors, output: output, summaryOutput: OutputBuffer(fd: STDERR_FILENO, ownsFD: false),
+                         startNs: monotonicNow())
 
         let session: TraceSession
         do {
@@ -120,7 +123,8 @@ struct Trace: ParsableCommand {
         let count = resolved.count
         warn("Tracing \(count) probe\(count == 1 ? "" : "s") in \(where_) with \(chosen.name). Ctrl-C to stop.", prefix: false)
 
-        let runner = TraceRunner(session: session, writer: writer, probeCount: count,
+        let runner = TraceRunner(session: session, writer: writer,
+                                 summaryWriter: format == .json ? stderrSummary : nil, probeCount: count,
                                  maxEvents: maxEvents, duration: duration, command: launched,
                                  tracedPid: pid)
         launched?.release()

@@ -11,6 +11,8 @@ private let stopFlag = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
 struct TraceRunner {
     let session: TraceSession
     let writer: EventWriter
+    /// Also gets the summary (JSON mode: the human summary on stderr).
+    let summaryWriter: EventWriter?
     let probeCount: Int
     let maxEvents: UInt64?
     let duration: Double?
@@ -31,7 +33,7 @@ struct TraceRunner {
 
     /// How long the reader sleeps between ring-buffer checks: the bound on delivery delay.
     static let pollIntervalMs: Int32 = 5
-    /// How often loss counters are read from the kernel.
+    /// How often loss counters are read from the kernel and a -p process is checked.
     static let lossCheckNs: UInt64 = 100_000_000
 
     func run() throws -> Int32 {
@@ -80,8 +82,6 @@ struct TraceRunner {
                     stop = .signal(stopFlag[1])
                 } else if let status = command?.pollExit() {
                     stop = .commandExited(status)
-                } else if let tracedPid, kill(tracedPid, 0) != 0, errno == ESRCH {
-                    stop = .processExited
                 } else if let deadline, monotonicNow() >= deadline {
                     stop = .duration
                 } else {
@@ -91,6 +91,9 @@ struct TraceRunner {
                 if now >= nextLossCheck, stop != .outputClosed {
                     try reportLoss()
                     nextLossCheck = now + Self.lossCheckNs
+                    if stop == nil, let tracedPid, ProcessState.hasExited(tracedPid) {
+                        stop = .processExited
+                    }
                 }
             }
             // What the target produced before the stop still belongs to the trace.
@@ -117,6 +120,8 @@ struct TraceRunner {
                 try writer.summary(summary)
                 try writer.flush()
             } catch OutputError.brokenPipe {}
+            try summaryWriter?.summary(summary)
+            try summaryWriter?.flush()
         }
 
         guard let command else { return 0 }

@@ -43,10 +43,15 @@ enum Harness {
         var status: Int32
         var stdout: String
         var stderr: String
+        /// What utap wrote to its -o file, when the test gave one.
+        var output: String?
 
-        /// stdout as JSON Lines.
+        /// The trace: the -o file if any, else stdout.
+        var trace: String { output ?? stdout }
+
+        /// The trace as JSON Lines.
         var records: [[String: Any]] {
-            stdout.split(separator: "\n").compactMap {
+            trace.split(separator: "\n").compactMap {
                 try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
             }
         }
@@ -83,7 +88,7 @@ enum Harness {
         }
         process.waitUntilExit()
         let (stdout, stderr) = collected.finish()
-        return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+        return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr, output: nil)
     }
 
     static func utap(_ arguments: [String], input: String = "", timeout: TimeInterval = 60) throws -> Result {
@@ -146,13 +151,18 @@ enum Harness {
             collector = Collector(out: out, err: err)
         }
 
-        /// Lets the target make its calls and waits for it to exit.
-        func go() -> Result {
+        /// Lets the target make its calls.
+        func release() {
             input.fileHandleForWriting.write(Data("go\n".utf8))
             try? input.fileHandleForWriting.close()
+        }
+
+        /// Lets the target make its calls and waits for it to exit.
+        func go() -> Result {
+            release()
             process.waitUntilExit()
             let (stdout, stderr) = collector.finish()
-            return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+            return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr, output: nil)
         }
 
         func kill(_ signo: Int32 = SIGKILL) {
@@ -199,7 +209,7 @@ enum Harness {
             }
             process.waitUntilExit()
             let (stdout, stderr) = collector.finish()
-            return Result(status: process.terminationStatus, stdout: stdout, stderr: prefix + stderr)
+            return Result(status: process.terminationStatus, stdout: stdout, stderr: prefix + stderr, output: nil)
         }
 
         /// Waits for utap to exit by itself.

@@ -101,7 +101,7 @@ final class ELFImageTests: XCTestCase {
         try "just some text that is long enough\n".write(toFile: path, atomically: true, encoding: .utf8)
         XCTAssertThrowsUtapError(try ELFImage.open(path), .usage("'\(path)': not an ELF file"))
         let empty = path + ".empty"
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: empty, contents: Data()))
         XCTAssertThrowsUtapError(try ELFImage.open(empty), .usage("'\(empty)': not an ELF file"))
     }
 

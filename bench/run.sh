@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# utap benchmark: per-hit cost of tracing one function, side by side with the
+# floor (a minimal libbpf counter) and bpftrace, in one run.
+#
+# Usually run through `sudo make bench`. Environment:
+#   LOOP, FLOOR      built benchmark binaries (default .build/bench/{loop,floor})
+#   UTAP             utap binary (default .build/release/utap; missing -> n/a)
+#   BENCH_CALLS      calls per loop run (default 2000000)
+#   BENCH_ROUNDS     interleaved rounds, the median is reported (default 3)
+#   BENCH_THREADS    thread counts to run (default "1 2")
+#   BENCH_TOOLS      rows to run (default "unprobed floor bpftrace utap")
+#   BENCH_MD         markdown file to update (default BENCHMARKS.md; "" = none)
+#   BENCH_LOGS       where per-run logs go (default .build/bench/logs)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+cd "$root"
+
+LOOP=$(realpath -m "${LOOP:-.build/bench/loop}")
+FLOOR=$(realpath -m "${FLOOR:-.build/bench/floor}")
+UTAP=${UTAP:-.build/release/utap}
+CALLS=${BENCH_CALLS:-2000000}
+ROUNDS=${BENCH_ROUNDS:-3}
+THREADS=${BENCH_THREADS:-"1 2"}
+TOOLS=${BENCH_TOOLS:-"unprobed floor bpftrace utap"}
+MD=${BENCH_MD-BENCHMARKS.md}
+LOGS=$(realpath -m "${BENCH_LOGS:-.build/bench/logs}")
+
+die() { echo "bench: $*" >&2; exit 1; }
+note() { echo "bench: $*" >&2; }
+
+[[ $EUID -eq 0 ]] || die "needs root (sudo make bench)"
+[[ -x $LOOP && -x $FLOOR ]] || die "build first: make bench (missing $LOOP or $FLOOR)"
+command -v bpftool >/dev/null || die "bpftool not found"
+[[ " $TOOLS " != *" bpftrace "* ]] || command -v bpftrace >/dev/null || die "bpftrace not found"
+
+# utap rows are optional: a missing binary gives "n/a" rows.
+have_utap=0
+if [[ " $TOOLS " == *" utap "* ]]; then
+	if [[ -x $UTAP ]]; then
+		UTAP=$(realpath "$UTAP")
+		have_utap=1
+	else
+		note "no utap binary at $UTAP: utap rows will be n/a"
+	fi
+fi
+
+# --- where the probes go ------------------------------------------------------
+# File offset of bench_target: st_value - p_vaddr + p_offset of the PT_LOAD
+# segment that contains it (uprobes are placed by file offset, not address).
+sym_vaddr=$(readelf -sW "$LOOP" | awk '$8 == "bench_target" && $4 == "FUNC" { print $2; exit }')
+[[ -n $sym_vaddr ]] || die "bench_target not found in $LOOP"
+func_off=$(readelf -lW "$LOOP" | awk -v sym=$((16#$sym_vaddr)) '
+	$1 == "LOAD" {
+		off = hex2num($2); va = hex2num($3); memsz = hex2num($6)
+		if (sym >= va && sym < va + memsz) { printf "%d\n", sym - va + off; exit }
+	}
+	function hex2num(h,   n, i, c) {   # portable: mawk has no strtonum()
+		n = 0; h = tolower(substr(h, 3))
+		for (i = 1; i <= length(h); i++) {
+			c = index("0123456789abcdef", substr(h, i, 1)) - 1
+			n = n * 16 + c
+		}
+		return n
+	}')
+[[ -n $func_off ]] || die "no PT_LOAD segment holds bench_target"
+# The comparison only means something if bench_target starts
+# endbr64 (f3 0f 1e fa); push %rbp (55): +0 is single-stepped, +4 emulated.
+prologue=$(od -An -tx1 -j "$func_off" -N5 "$LOOP" | tr -d ' \n')
+[[ $prologue == f30f1efa55 ]] ||
+	die "bench_target starts with $prologue, expected endbr64; push %rbp (f30f1efa55) — rebuild loop with clang -fcf-protection=full -fno-omit-frame-pointer"
+floor_off=$((func_off + 4))
+
+# --- one measurement ----------------------------------------------------------
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*
+# Children not yet reaped; only these are killed on exit (a reaped pid may
+# already belong to another process).
+declare -A live=()
+cleanup() {
+	local p
+	for p in "${!live[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+reap() { # pid -> its exit status
+	local rc=0
+	wait "$1" 2>/dev/null || rc=$?
+	unset "live[$1]"
+	return $rc
+}
+trap cleanup EXIT
+
+# Wait until the tracer printed its "attached" line (if it has one) and the
+# kernel shows a BPF uprobe on the loop binary. A line alone is not enough:
+# bpftrace prints "Attaching 1 probe..." before attaching and can still fail.
+wait_attached() { # pid log [regex]
+	local pid=$1 log=$2 re=${3:-} i
+	for ((i = 0; i < 600; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 1
+		# (no `bpftool | grep -q`: with pipefail, grep's early exit
+		# kills bpftool with SIGPIPE and the test fails)
+		if { [[ -z $re ]] || grep -Eq "$re" "$log" 2>/dev/null; } &&
+			[[ $(bpftool perf list 2>/dev/null) == *"filename $LOOP "* ]]; then
+			# the perf event shows up just before it is enabled
+			sleep 0.2
+			return 0
+		fi
+		sleep 0.05
+	done
+	return 1
+}
+
+# SIGINT, then give the tracer 60 s to drain and print its summary.
+stop_tracer() { # pid
+	local pid=$1 i
+	kill -INT "$pid" 2>/dev/null || true
+	for ((i = 0; i < 600; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	reap "$pid" || true
+}
+
+# Sets: r_elapsed (ns, empty on failure), r_delivered (events the tool saw, or
+# empty), r_reported (loss the tool reported, or empty).
+measure() { # tool threads round
+	local tool=$1 threads=$2 tag="$1.t$2.r$3"
+	local go="$LOGS/$tag.go" lout="$LOGS/$tag.loop" tlog="$LOGS/$tag.tool"
+	local lpid tpid="" apid="" ok=1 rc=0
+	r_elapsed="" r_delivered="" r_reported=""
+	rm -f "$go"
+
+	# The loop waits for $go, so probes are in place before the clock starts.
+	LOOP_GO=$go "$LOOP" "$CALLS" "$threads" >"$lout" 2>&1 &
+	lpid=$!
+	live[$lpid]=1
+
+	# Background jobs of a script start with SIGINT ignored; env restores it.
+	case $tool in
+	unprobed) ;;
+	floor)
+		env --default-signal=INT "$FLOOR" "$LOOP" "$floor_off" >"$tlog" 2>&1 &
+		tpid=$!
+		live[$tpid]=1
+		wait_attached "$tpid" "$tlog" '^attached' || ok=0
+		;;
+	bpftrace)
+		# bpftrace writes "Attaching", "Lost N events" and the printf lines
+		# all to stdout: a filter counts the event lines and keeps the rest.
+		rm -f "$LOGS/fifo" && mkfifo "$LOGS/fifo"
+		awk '/^[0-9]+ -?[0-9]+ -?[0-9]+$/ { n++; next }
+		     { print; fflush() }
+		     END { print "event_lines=" n + 0 }' <"$LOGS/fifo" >"$tlog" &
+		apid=$!
+		live[$apid]=1
+		env --default-signal=INT bpftrace -e \
+			"uprobe:$LOOP:bench_target { printf(\"%d %d %d\\n\", pid, arg0, arg1); }" \
+			>"$LOGS/fifo" 2>"$tlog.err" &
+		tpid=$!
+		live[$tpid]=1
+		# (awk reads the fifo in blocks, so "Attaching" shows up late:
+		# only the kernel's view is waited for)
+		wait_attached "$tpid" "$tlog" || ok=0
+		;;
+	utap)
+		env --default-signal=INT "$UTAP" trace --format json -o /dev/null \
+			"$LOOP:bench_target a=arg0 b=arg1" >"$tlog.out" 2>"$tlog" &
+		tpid=$!
+		live[$tpid]=1
+		wait_attached "$tpid" "$tlog" 'Tracing [0-9]+ probe' || ok=0
+		;;
+	esac
+
+	if ((ok)); then
+		touch "$go"
+		reap "$lpid" || rc=$?
+		((rc == 0)) || { note "$tag: loop exited $rc"; ok=0; }
+	else
+		note "$tag: $tool did not attach; see $tlog*"
+		kill -KILL "$lpid" 2>/dev/null || true
+		reap "$lpid" || true
+	fi
+	# A moment for the tracer's reader to catch up before it is stopped.
+	if [[ -n $tpid ]]; then
+		((ok)) && sleep 0.5
+		stop_tracer "$tpid"
+	fi
+	[[ -z $apid ]] || reap "$apid" || true
+	((ok)) || return 0
+
+	r_elapsed=$(sed -n 's/^elapsed_ns=\([0-9]*\) .*/\1/p' "$lout")
+	case $tool in
+	floor) r_delivered=$(sed -n 's/^hits=//p' "$tlog") ;;
+	bpftrace)
+		r_delivered=$(sed -n 's/^event_lines=//p' "$tlog")
+		r_reported=$(awk '/^Lost [0-9]+ events/ { n += $2 } END { print n + 0 }' "$tlog")
+		;;
+	utap)
+		local summary
+		# Text summary "utap: N events, M lost" on stderr (or the JSON
+		# summary record, should it land there).
+		summary=$(grep -Eo '[0-9]+ events, [0-9]+ lost|"events":[0-9]+,"lost":[0-9]+' "$tlog" |
+			tail -n1 | tr -c '0-9\n' ' ' || true)
+		if [[ -n $summary ]]; then
+			read -r r_delivered r_reported <<<"$summary"
+		else
+			note "$tag: utap printed no 'N events, M lost' summary on stderr"
+		fi
+		;;
+	esac
+	[[ -n $r_elapsed ]] || note "$tag: no elapsed_ns from loop"
+}
+
+# --- run: rounds outermost, so every tool sees the same machine noise ---------
+declare -A elapsed lost reported
+failed=0
+t_begin=$(date +%s)
+note "loop=$LOOP bench_target file offset $func_off (+4 = $floor_off), $CALLS calls, $ROUNDS rounds"
+for ((round = 1; round <= ROUNDS; round++)); do
+	for threads in $THREADS; do
+		for tool in $TOOLS; do
+			[[ $tool == utap ]] && ((!have_utap)) && continue
+			t0=$(date +%s.%N)
+			measure "$tool" "$threads" "$round"
+			k="$tool:$threads"
+			if [[ -z $r_elapsed ]]; then
+				failed=1
+				elapsed[$k]+="fail "
+				continue
+			fi
+			elapsed[$k]+="$r_elapsed "
+			l=
+			if [[ $tool != unprobed ]]; then
+				[[ -n $r_delivered ]] && l=$((CALLS - r_delivered))
+				lost[$k]+="${l:-?} "
+				reported[$k]+="${r_reported:-} "
+			fi
+			printf 'bench: round %d %-8s %d thread(s): %6.2f s loop, %s ns/call, lost %s%s (%.0f s)\n' \
+				"$round" "$tool" "$threads" "$(awk -v e="$r_elapsed" 'BEGIN{print e/1e9}')" \
+				"$(awk -v e="$r_elapsed" -v c="$CALLS" 'BEGIN{printf "%.0f", e/c}')" \
+				"${l:--}" "${r_reported:+ (reported $r_reported)}" \
+				"$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" >&2
+		done
+	done
+done
+t_total=$(($(date +%s) - t_begin))
+
+# --- report -------------------------------------------------------------------
+median() { # values... ("fail" entries make it fail)
+	[[ " $* " == *" fail "* ]] && { echo fail; return; }
+	printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
+		if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+max_of() { printf '%s\n' "$@" | awk '$1 == "?" { q = 1; next } NR == 1 || $1 > m { m = $1 } END { print q ? "?" : m }'; }
+
+label() {
+	case $1 in
+	unprobed) echo "unprobed" ;;
+	floor) echo "floor: C libbpf per-CPU counter @ bench_target+4" ;;
+	bpftrace) echo "bpftrace printf(pid, arg0, arg1) @ bench_target+0 (endbr64)" ;;
+	utap) echo "utap trace --format json -o /dev/null, a=arg0 b=arg1" ;;
+	esac
+}
+
+table=$(
+	echo "| tool | threads | median loop (ns) | overhead per hit (ns) | × floor | events lost (worst round) |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for threads in $THREADS; do
+		base=$(median ${elapsed[unprobed:$threads]:-fail})
+		fl=fail
+		if [[ $base != fail ]] && [[ -n ${elapsed[floor:$threads]:-} ]]; then
+			fm=$(median ${elapsed[floor:$threads]})
+			[[ $fm != fail ]] && fl=$(awk -v p="$fm" -v b="$base" -v c="$CALLS" 'BEGIN{ printf "%.1f", (p - b) / c }')
+		fi
+		for tool in $TOOLS; do
+			k="$tool:$threads"
+			if [[ $tool == utap ]] && ((!have_utap)); then
+				echo "| $(label utap) | $threads | n/a | n/a | n/a | n/a |"
+				continue
+			fi
+			m=$(median ${elapsed[$k]:-fail})
+			if [[ $tool == unprobed ]]; then
+				echo "| $(label "$tool") | $threads | $m | — | — | — |"
+				continue
+			fi
+			ph=n/a ratio=n/a
+			if [[ $m != fail && $base != fail ]]; then
+				ph=$(awk -v p="$m" -v b="$base" -v c="$CALLS" 'BEGIN{ printf "%.1f", (p - b) / c }')
+				[[ $fl != fail ]] && ratio=$(awk -v a="$ph" -v f="$fl" 'BEGIN{ printf "%.2f", a / f }')
+			fi
+			lw=$(max_of ${lost[$k]:-?})
+			if [[ $lw == "?" ]]; then
+				lw="? (no count from the tool)"
+			elif [[ $tool == bpftrace || $tool == utap ]]; then
+				# the tool's own loss report, when it disagrees with the count
+				rep=$(max_of ${reported[$k]:-} 0)
+				[[ $rep == "$lw" ]] || lw="$lw (reported $rep)"
+			fi
+			echo "| $(label "$tool") | $threads | $m | $ph | $ratio | $lw |"
+		done
+	done
+)
+
+# Goals from the issue, as ratios measured side by side in this run.
+checks=$(
+	for threads in $THREADS; do
+		base=$(median ${elapsed[unprobed:$threads]:-fail})
+		per_hit() { local m; m=$(median ${elapsed[$1:$threads]:-fail}); [[ $m == fail || $base == fail ]] && echo "" ||
+			awk -v p="$m" -v b="$base" -v c="$CALLS" 'BEGIN{ printf "%.1f", (p - b) / c }'; }
+		u=$( ((have_utap)) && [[ -n ${elapsed[utap:$threads]:-} ]] && per_hit utap || true)
+		f=$([[ -n ${elapsed[floor:$threads]:-} ]] && per_hit floor || true)
+		b=$([[ -n ${elapsed[bpftrace:$threads]:-} ]] && per_hit bpftrace || true)
+		if [[ -z $u ]]; then
+			echo "- $threads thread(s): utap not measured"
+			continue
+		fi
+		ul=$(max_of ${lost[utap:$threads]:-?})
+		[[ -z $f ]] || awk -v u="$u" -v f="$f" -v l="$ul" -v t="$threads" 'BEGIN{
+			r = u / f; ok = (r <= 1.3 && l == "0")
+			printf "- %s thread(s): utap / floor = %.2f (goal ≤ 1.3), lost %s (goal 0): %s\n", t, r, l, ok ? "met" : "NOT met" }'
+		[[ -z $b ]] || awk -v u="$u" -v b="$b" -v t="$threads" 'BEGIN{
+			r = u / b
+			printf "- %s thread(s): utap / bpftrace = %.3f (goal ≤ 0.1): %s\n", t, r, r <= 0.1 ? "met" : "NOT met" }'
+	done
+)
+
+model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+section=$(
+	cat <<EOF
+Generated by \`sudo make bench\` on $(date -u '+%Y-%m-%d %H:%M UTC'); took ${t_total} s.
+
+- Machine: $model, $(nproc) CPUs, kernel $(uname -r)
+- Tools: $(bpftrace --version 2>/dev/null || echo "bpftrace n/a"), libbpf $(pkg-config --modversion libbpf 2>/dev/null || echo "?"), utap $( ((have_utap)) && echo "$UTAP" || echo "n/a")
+- Loop: $CALLS calls of \`bench_target(i, thread)\` (endbr64; push %rbp at +4), median of $ROUNDS interleaved rounds
+- Overhead per hit = (median probed loop − median unprobed loop) / $CALLS; with 2 threads the hits run in parallel, so this is wall time per hit and each thread pays about twice that
+
+$table
+
+Goals:
+${checks:-- (utap not measured)}
+EOF
+)
+
+echo
+echo "$section"
+
+if [[ -n $MD ]]; then
+	begin='<!-- bench:begin -->' end='<!-- bench:end -->'
+	if [[ ! -f $MD ]] || ! grep -qF "$begin" "$MD"; then
+		[[ -f $MD ]] || printf '# Benchmarks\n\nRun with `sudo make bench` (see bench/).\n' >"$MD"
+		printf '\n%s\n%s\n' "$begin" "$end" >>"$MD"
+	fi
+	# Replace only what lies between the markers; the header is hand-written.
+	tmp=$(mktemp)
+	printf '%s\n' "$section" >"$tmp.sec"
+	awk -v b="$begin" -v e="$end" -v sec="$tmp.sec" '
+		$0 == b { print; while ((getline l < sec) > 0) print l; skip = 1; next }
+		$0 == e { skip = 0 }
+		!skip' "$MD" >"$tmp"
+	cat "$tmp" >"$MD"
+	rm -f "$tmp" "$tmp.sec"
+	note "wrote results to $MD"
+fi
+
+exit $failed
