@@ -4,7 +4,7 @@ SWIFT ?= swift
 BPF_CLANG ?= clang-14
 BPF_STRIP ?= llvm-strip-14
 CONFIG ?= debug
-UTAP := .build/$(CONFIG)/utap
+UTAP_BIN := .build/$(CONFIG)/utap
 TARGETS_OUT ?= .build/targets
 
 DEB_PACKAGES := libbpf-dev libelf-dev libzydis-dev clang-14 llvm-14 bpftool libcap2-bin \
@@ -48,21 +48,23 @@ build: deps
 release:
 	$(MAKE) build CONFIG=release
 
--include tests/targets/targets.mk
+include tests/targets/targets.mk
 
 # Unit tests need no privileges; integration tests attach real probes and need root.
 test: deps bpf-check build targets
-	UTAP_BIN=$(CURDIR)/$(UTAP) UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) $(SWIFT) test
+	UTAP_BIN=$(CURDIR)/$(UTAP_BIN) UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) $(SWIFT) test
 
 unit-test: deps
 	$(SWIFT) test --skip IntegrationTests
 
 demo: deps build targets
 	@echo "== utap trace on the bundled demo program ($(TARGETS_OUT)/demo) =="
-	$(UTAP) trace 'handle_request id=arg0:s32 path=arg1:str' 'handle_request%return status=ret:s32' \
+	$(UTAP_BIN) trace 'handle_request id=arg0:s32 path=arg1:str' 'handle_request%return status=ret:s32' \
 		-- $(TARGETS_OUT)/demo
 
--include bench/bench.mk
+# Benchmarks run the release build; results go to BENCHMARKS.md.
+include bench/bench.mk
+bench: release
 
 clean:
 	rm -rf .build

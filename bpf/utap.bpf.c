@@ -11,6 +11,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* utap's own process, set before load: a system-wide probe on write() must not see the
+ * tracer's own output, or every event would cause another. */
+const volatile __u32 tracer_tgid = 0;
+
 /* Sized by the loader before load (bpf_map__set_max_entries). */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -172,6 +176,8 @@ static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
 SEC("uprobe")
 int utap_entry(struct pt_regs *ctx)
 {
+    if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
+        return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
     const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
     if (!cfg)
@@ -200,6 +206,8 @@ int utap_entry(struct pt_regs *ctx)
 SEC("uretprobe")
 int utap_return(struct pt_regs *ctx)
 {
+    if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
+        return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
     const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
     if (!cfg)

@@ -115,6 +115,7 @@ final class BPFSession: TraceSession {
         try setMaxEntries("probes", UInt32(max(attachments.count, 1)))
         try setMaxEntries("lost", count)
         try setMaxEntries("events", UInt32(plan.bufferBytes))
+        try setTracerPid(getpid())
         if bpf_object__load(obj) != 0 {
             throw LibbpfLog.error("cannot load the BPF programs", errno: errno,
                                   hint: "run 'utap doctor' to see what this kernel supports")
@@ -132,6 +133,21 @@ final class BPFSession: TraceSession {
 
     private func map(_ name: String) -> OpaquePointer? {
         bpf_object__find_map_by_name(object, name)
+    }
+
+    /// Writes `tracer_tgid` in the object's read-only data before load.
+    private func setTracerPid(_ pid: Int32) throws(UtapError) {
+        var rodata: OpaquePointer?
+        while let next = bpf_object__next_map(object, rodata) {
+            rodata = next
+            if String(cString: bpf_map__name(next)).hasSuffix(".rodata") { break }
+        }
+        var size = 0
+        guard let rodata, let data = bpf_map__initial_value(rodata, &size), size >= 4 else {
+            throw .runtime("the embedded BPF object has no tracer_tgid setting", hint: "rebuild utap ('make bpf build')")
+        }
+        // tracer_tgid is the only read-only global, at offset 0.
+        UnsafeMutableRawPointer(mutating: data).storeBytes(of: UInt32(bitPattern: pid), as: UInt32.self)
     }
 
     private func setMaxEntries(_ name: String, _ value: UInt32) throws(UtapError) {

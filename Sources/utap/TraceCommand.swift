@@ -15,22 +15,30 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream every hit of the given probes.",
+        usage: "utap trace [OPTIONS] PROBE... [-- COMMAND [ARG...]]",
         discussion: """
-        PROBE is [TARGET:]LOCATION[%return] [FIELD...], one shell word per probe:
-          TARGET    an ELF path or a library name (libc, libssl.so.3); omitted: the COMMAND
-          LOCATION  SYMBOL | GLOB | SYMBOL+OFFSET | 0xADDRESS (ELF virtual address)
-          FIELD     [NAME=]SOURCE[:TYPE]; SOURCE arg0..arg5 or ret (return probes)
-          TYPE      s8 s16 s32 s64 (default) u8 u16 u32 u64 x ptr bool str str[N]
+        PROBE is [TARGET:]LOCATION[%return] [FIELD...], one shell word each.
+          TARGET    ELF path or library name (libc, libssl.so.3);
+                    omitted: the COMMAND's executable
+          LOCATION  SYMBOL, GLOB (str*), SYMBOL+OFFSET or 0xADDRESS
+          FIELD     [NAME=]SOURCE[:TYPE]
+          SOURCE    arg0..arg5, or ret on %return probes
+          TYPE      s8 s16 s32 s64 (default) u8 u16 u32 u64 x ptr bool
+                    str (64 bytes) str[N] (N up to 255)
 
-        An entry probe on a function that starts with endbr64 is placed just after it (the
-        same state, much cheaper); write SYMBOL+0 to probe the very first byte.
+        An entry probe on a function that starts with endbr64 goes just
+        after it (same state, much cheaper); SYMBOL+0 probes the first byte.
+        Without -p or COMMAND, every process that maps the file is traced.
+        With COMMAND, utap exits with its status; Ctrl-C or SIGTERM ends the
+        trace and is passed on to the command.
 
         Examples:
           utap trace 'libc:malloc size=arg0:u64' 'libc:malloc%return ret:x' -- ./app
           utap trace -p 4242 '/usr/sbin/nginx:ngx_http_process_request_line'
-          utap trace --format json 'libc:open* path=arg0:str' -- ls /tmp | jq .fields
+          utap trace --format json -o open.jsonl 'libc:open* path=arg0:str' -- ls
           utap trace --duration 5 'libc:write fd=arg0:s32 len=arg2:u64'
         """)
+
 
     @Option(name: .shortAndLong, help: "Trace only this process (all its threads).")
     var pid: Int32?

@@ -9,10 +9,12 @@ struct Utap: ParsableCommand {
         abstract: "Trace functions of running programs and shared libraries with uprobes.",
         discussion: """
         Examples:
-          sudo utap trace 'libc:malloc size=arg0:u64' 'libc:malloc%return ret:x' -- ./app
-          sudo utap trace -p 4242 '/usr/sbin/nginx:ngx_http_process_request_line'
+          utap trace 'libc:malloc size=arg0:u64' -- ./app
+          utap trace -p 4242 'libc:write fd=arg0:s32 len=arg2:u64'
           utap list libc 'str*'
-          sudo utap doctor
+          utap doctor
+
+        utap attaches uprobes and runs as root.
         """,
         subcommands: [Trace.self, List.self, Doctor.self])
 }
