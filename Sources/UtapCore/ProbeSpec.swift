@@ -90,11 +90,13 @@ public enum ProbeParser {
         }
         var location = head
         var kind = ProbeKind.entry
-        if location.hasSuffix("%return") {
-            location.removeLast("%return".count)
+        if let percent = location.firstIndex(of: "%") {
+            // From the first '%': a second suffix ("foo%return%return") is not part of the symbol.
+            guard location[percent...] == "%return" else {
+                throw .usage("probe '\(head)': unknown suffix '\(location[percent...])'", hint: "the only suffix is %return")
+            }
+            location = String(location[..<percent])
             kind = .return
-        } else if let percent = location.firstIndex(of: "%") {
-            throw .usage("probe '\(head)': unknown suffix '\(location[percent...])'", hint: "the only suffix is %return")
         }
         var target: String?
         if let colon = firstSingleColon(in: location) {
@@ -107,9 +109,6 @@ public enum ProbeParser {
         let parsedLocation = try parseLocation(location, probe: head)
         if kind == .return, case .symbolOffset(_, let offset) = parsedLocation, offset != 0 {
             throw .usage("probe '\(head)': a return probe must be on a function's start, not at an offset")
-        }
-        if kind == .return, case .address = parsedLocation {
-            // Allowed: the address is checked to be a function start when resolved.
         }
         var fields: [FieldSpec] = []
         for word in words.dropFirst() {
@@ -147,7 +146,7 @@ public enum ProbeParser {
             throw .usage("probe '\(probe)': missing function name", hint: "write TARGET:SYMBOL, e.g. libc:malloc")
         }
         if text.hasPrefix("0x") || text.hasPrefix("0X") {
-            guard let address = UInt64(text.dropFirst(2), radix: 16) else {
+            guard let address = unsigned(text.dropFirst(2), radix: 16) else {
                 throw .usage("probe '\(probe)': '\(text)' is not a hex address")
             }
             return .address(address)
@@ -168,9 +167,15 @@ public enum ProbeParser {
 
     static func parseInteger<S: StringProtocol>(_ text: S) -> UInt64? {
         if text.hasPrefix("0x") || text.hasPrefix("0X") {
-            return UInt64(text.dropFirst(2), radix: 16)
+            return unsigned(text.dropFirst(2), radix: 16)
         }
-        return UInt64(text, radix: 10)
+        return unsigned(text, radix: 10)
+    }
+
+    /// `UInt64(_:radix:)` without the leading '+' or '-' it accepts ("0x+10", "foo+-0").
+    static func unsigned<S: StringProtocol>(_ text: S, radix: Int) -> UInt64? {
+        guard let first = text.first, first != "+", first != "-" else { return nil }
+        return UInt64(text, radix: radix)
     }
 
     static func parseField(_ word: String, probe: String, kind: ProbeKind) throws(UtapError) -> FieldSpec {
@@ -229,8 +234,8 @@ public enum ProbeParser {
         default:
             if text.hasPrefix("str[") && text.hasSuffix("]") {
                 let inner = text.dropFirst(4).dropLast()
-                if let n = Int(inner), (1...FieldType.maxStringLength).contains(n) {
-                    return .string(maxLength: n)
+                if let n = unsigned(inner, radix: 10), (1...UInt64(FieldType.maxStringLength)).contains(n) {
+                    return .string(maxLength: Int(n))
                 }
                 throw .usage("probe '\(probe)': string length '\(inner)' must be 1..\(FieldType.maxStringLength)")
             }
