@@ -173,8 +173,7 @@ static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
     return bpf_map_lookup_elem(&pending, &tid);
 }
 
-SEC("uprobe")
-int utap_entry(struct pt_regs *ctx)
+static __always_inline int on_entry(struct pt_regs *ctx)
 {
     if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
         return 0;
@@ -203,8 +202,7 @@ int utap_entry(struct pt_regs *ctx)
     return 0;
 }
 
-SEC("uretprobe")
-int utap_return(struct pt_regs *ctx)
+static __always_inline int on_return(struct pt_regs *ctx)
 {
     if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
         return 0;
@@ -247,3 +245,21 @@ int utap_return(struct pt_regs *ctx)
         emit(ctx, cfg, now, latency, flags);
     return 0;
 }
+
+/*
+ * Each handler is loaded twice: for the perf_event attach path and, with
+ * expected_attach_type BPF_TRACE_UPROBE_MULTI set by the loader, for uprobe multi-links
+ * (one link per file, detached with one RCU grace period instead of one per probe). The
+ * loader keeps only the pair it will use.
+ */
+SEC("uprobe")
+int utap_entry(struct pt_regs *ctx) { return on_entry(ctx); }
+
+SEC("uretprobe")
+int utap_return(struct pt_regs *ctx) { return on_return(ctx); }
+
+SEC("uprobe")
+int utap_entry_multi(struct pt_regs *ctx) { return on_entry(ctx); }
+
+SEC("uretprobe")
+int utap_return_multi(struct pt_regs *ctx) { return on_return(ctx); }

@@ -1,10 +1,13 @@
-/* The few process primitives Swift cannot do safely itself: code between fork and exec. */
+/* What Swift cannot do (safely) itself: code between fork and exec, signal handlers, and a
+ * bpf() command newer than the libbpf this builds with. */
 #define _GNU_SOURCE
 #include "utap_sys.h"
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/bpf.h>
 
 pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[], int gate_fd,
                        int gate_write_fd)
@@ -58,4 +61,38 @@ void utap_install_stop_handlers(volatile int *flag, volatile int *signo)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+}
+
+/* The link_create part of union bpf_attr, as laid out for uprobe_multi. */
+struct uprobe_multi_attr {
+    __u32 prog_fd;
+    __u32 target_fd;
+    __u32 attach_type;
+    __u32 flags;
+    __u64 path;
+    __u64 offsets;
+    __u64 ref_ctr_offsets;
+    __u64 cookies;
+    __u32 cnt;
+    __u32 multi_flags;
+    __u32 pid;
+    __u32 unused;
+};
+
+int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *offsets,
+                           const unsigned long long *cookies, unsigned int cnt, int retprobe,
+                           int pid)
+{
+    struct uprobe_multi_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_fd = prog_fd;
+    attr.attach_type = UTAP_BPF_TRACE_UPROBE_MULTI;
+    attr.path = (__u64)(unsigned long)path;
+    attr.offsets = (__u64)(unsigned long)offsets;
+    attr.cookies = (__u64)(unsigned long)cookies;
+    attr.cnt = cnt;
+    attr.multi_flags = retprobe ? 1 /* BPF_F_UPROBE_MULTI_RETURN */ : 0;
+    attr.pid = pid > 0 ? (__u32)pid : 0;
+    long fd = syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
+    return fd < 0 ? -errno : (int)fd;
 }

@@ -1,4 +1,5 @@
 import CLibbpf
+import CUtapSys
 import Glibc
 import UtapABI
 import UtapBPFObject
@@ -70,11 +71,42 @@ extension Attachment {
     }
 }
 
+/// How uprobes are attached.
+public enum AttachPath: String, Sendable {
+    /// One perf event per probe (libbpf's bpf_program__attach_uprobe_opts): every kernel
+    /// with attach cookies. Detach waits an RCU grace period per probe, one after another.
+    case perfEvent = "perf"
+    /// One uprobe multi-link per file and direction (Linux 6.6+): detach waits once.
+    case multiLink = "multi"
+
+    /// Multi-links where the kernel has them; UTAP_ATTACH=perf|multi overrides (tests
+    /// cover both paths that way).
+    public static var preferred: AttachPath {
+        if let forced = getenv("UTAP_ATTACH").flatMap({ AttachPath(rawValue: String(cString: $0)) }) {
+            return forced
+        }
+        var uts = utsname()
+        uname(&uts)
+        let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard numbers.count == 2 else { return .perfEvent }
+        return (numbers[0], numbers[1]) >= (6, 6) ? .multiLink : .perfEvent
+    }
+}
+
+/// A live attachment: a libbpf link, or the fd of a multi-link libbpf does not know.
+enum LiveLink {
+    case libbpf(OpaquePointer)
+    case fd(Int32)
+}
+
 /// Live BPF object, links and ring buffer. Everything is released in `detach` / deinit.
 final class BPFSession: TraceSession {
     private let plan: TracePlan
+    private let attachments: [Attachment]
+    private let path = AttachPath.preferred
     private var object: OpaquePointer?
-    private var links: [OpaquePointer] = []
+    private var links: [LiveLink] = []
     private var ring: OpaquePointer?
     private var lostMapFD: Int32 = -1
     private let decoder: RecordDecoder
@@ -85,6 +117,7 @@ final class BPFSession: TraceSession {
 
     init(plan: TracePlan) throws(UtapError) {
         self.plan = plan
+        self.attachments = Attachment.all(for: plan)
         self.decoder = RecordDecoder(probes: plan.probes)
         LibbpfLog.install()
         do {
@@ -100,7 +133,6 @@ final class BPFSession: TraceSession {
     deinit { detach() }
 
     private func load() throws(UtapError) {
-        let attachments = Attachment.all(for: plan)
         var opts = bpf_object_open_opts()
         opts.sz = MemoryLayout<bpf_object_open_opts>.size
         let obj: OpaquePointer? = "utap".withCString { name in
@@ -116,6 +148,14 @@ final class BPFSession: TraceSession {
         try setMaxEntries("lost", count)
         try setMaxEntries("events", UInt32(plan.bufferBytes))
         try setTracerPid(getpid())
+        for name in ["utap_entry", "utap_return", "utap_entry_multi", "utap_return_multi"] {
+            let prog = bpf_object__find_program_by_name(obj, name)
+            let multi = name.hasSuffix("_multi")
+            bpf_program__set_autoload(prog, multi == (path == .multiLink))
+            if multi {
+                bpf_program__set_expected_attach_type(prog, bpf_attach_type(rawValue: UInt32(UTAP_BPF_TRACE_UPROBE_MULTI)))
+            }
+        }
         if bpf_object__load(obj) != 0 {
             throw LibbpfLog.error("cannot load the BPF programs", errno: errno,
                                   hint: "run 'utap doctor' to see what this kernel supports")
@@ -156,29 +196,67 @@ final class BPFSession: TraceSession {
         }
     }
 
+    private var targetPid: Int32 {
+        switch plan.scope {
+        case .allProcesses: return -1
+        case .process(let pid): return pid
+        }
+    }
+
     private func attachAll() throws(UtapError) {
+        switch path {
+        case .perfEvent: try attachPerfEvents()
+        case .multiLink: try attachMultiLinks()
+        }
+    }
+
+    private func attachPerfEvents() throws(UtapError) {
         let entry = bpf_object__find_program_by_name(object, "utap_entry")
         let ret = bpf_object__find_program_by_name(object, "utap_return")
-        let pid: Int32
-        switch plan.scope {
-        case .allProcesses: pid = -1
-        case .process(let p): pid = p
-        }
-        for (cookie, attachment) in Attachment.all(for: plan).enumerated() {
+        for (cookie, attachment) in attachments.enumerated() {
             var opts = bpf_uprobe_opts()
             opts.sz = MemoryLayout<bpf_uprobe_opts>.size
             opts.bpf_cookie = UInt64(cookie)
             opts.retprobe = attachment.isReturn
-            let link = bpf_program__attach_uprobe_opts(attachment.isReturn ? ret : entry, pid,
+            let link = bpf_program__attach_uprobe_opts(attachment.isReturn ? ret : entry, targetPid,
                                                       attachment.path, Int(attachment.fileOffset), &opts)
             guard let link, libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
-                let code = errno
-                let name = plan.probes[attachment.probe].name
-                throw LibbpfLog.error("probe '\(name)': cannot attach uprobe to \(attachment.path) at offset 0x\(String(attachment.fileOffset, radix: 16))",
-                                      errno: code, hint: code == ESRCH ? "the process exited" : nil)
+                throw attachError(errno, probe: plan.probes[attachment.probe].name, path: attachment.path,
+                                  offset: " at offset 0x\(String(attachment.fileOffset, radix: 16))")
             }
-            links.append(link)
+            links.append(.libbpf(link))
         }
+    }
+
+    /// One link per (file, direction); the cookie of each offset is its attachment index.
+    private func attachMultiLinks() throws(UtapError) {
+        let entry = bpf_program__fd(bpf_object__find_program_by_name(object, "utap_entry_multi"))
+        let ret = bpf_program__fd(bpf_object__find_program_by_name(object, "utap_return_multi"))
+        var groups: [String: [Int]] = [:]
+        var order: [String] = []
+        for (cookie, attachment) in attachments.enumerated() {
+            let key = (attachment.isReturn ? "r" : "e") + attachment.path
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(cookie)
+        }
+        for key in order {
+            let cookies = groups[key]!
+            let first = attachments[cookies[0]]
+            let offsets = cookies.map { UInt(attachments[$0].fileOffset) }
+            let cookieValues = cookies.map { UInt64($0) }
+            let fd = utap_uprobe_multi_link(first.isReturn ? ret : entry, first.path, offsets, cookieValues,
+                                            UInt32(cookies.count), first.isReturn ? 1 : 0, targetPid)
+            guard fd >= 0 else {
+                let probes = Set(cookies.map { plan.probes[attachments[$0].probe].name }).sorted()
+                throw attachError(-fd, probe: probes.joined(separator: "', '"), path: first.path, offset: "")
+            }
+            links.append(.fd(fd))
+        }
+    }
+
+    private func attachError(_ code: Int32, probe: String, path: String, offset: String) -> UtapError {
+        LibbpfLog.error("probe '\(probe)': cannot attach uprobe to \(path)\(offset)", errno: code,
+                        hint: code == ESRCH ? "the process exited" : nil)
     }
 
     private func openRing() throws(UtapError) {
@@ -253,9 +331,9 @@ final class BPFSession: TraceSession {
 /// Closing a uprobe link waits for an RCU grace period; closing many one after another
 /// takes ~0.1 s each (performance.md). Closing them from several threads overlaps the waits.
 enum LinkTeardown {
-    static func destroy(_ links: [OpaquePointer]) {
+    static func destroy(_ links: [LiveLink]) {
         guard links.count > 1 else {
-            links.forEach { _ = bpf_link__destroy($0) }
+            links.forEach(release)
             return
         }
         let workers = min(links.count, 64)
@@ -265,20 +343,26 @@ enum LinkTeardown {
             let box = Unmanaged.passRetained(LinkBatch(batch)).toOpaque()
             var thread = pthread_t()
             if pthread_create(&thread, nil, { arg in
-                let batch = Unmanaged<LinkBatch>.fromOpaque(arg!).takeRetainedValue()
-                batch.links.forEach { _ = bpf_link__destroy($0) }
+                Unmanaged<LinkBatch>.fromOpaque(arg!).takeRetainedValue().links.forEach(LinkTeardown.release)
                 return nil
             }, box) == 0 {
                 threads.append(thread)
             } else {
-                Unmanaged<LinkBatch>.fromOpaque(box).takeRetainedValue().links.forEach { _ = bpf_link__destroy($0) }
+                Unmanaged<LinkBatch>.fromOpaque(box).takeRetainedValue().links.forEach(release)
             }
         }
         threads.forEach { pthread_join($0, nil) }
     }
 
+    static func release(_ link: LiveLink) {
+        switch link {
+        case .libbpf(let link): _ = bpf_link__destroy(link)
+        case .fd(let fd): close(fd)
+        }
+    }
+
     final class LinkBatch {
-        let links: [OpaquePointer]
-        init(_ links: [OpaquePointer]) { self.links = links }
+        let links: [LiveLink]
+        init(_ links: [LiveLink]) { self.links = links }
     }
 }

@@ -37,9 +37,11 @@ struct Doctor: ParsableCommand {
             Check(ok: access("/sys/kernel/btf/vmlinux", R_OK) == 0, what: "kernel BTF (/sys/kernel/btf/vmlinux)"),
         ]
         bpfChecks.append(roundTrip())
+        let path = AttachPath.preferred
         for check in bpfChecks {
             print("  \(check.ok ? "ok  " : "FAIL")  \(check.what)")
         }
+        print("  --    attach path: \(path == .multiLink ? "uprobe multi-links (Linux 6.6+)" : "one perf event per probe")")
 
         let scope = (try? readTextFile("/proc/sys/kernel/yama/ptrace_scope"))?.trimmingTrailingWhitespace() ?? "absent"
         let ptraceOK = caps.has(Capabilities.sysPtrace) && scope != "3"

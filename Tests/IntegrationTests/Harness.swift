@@ -67,10 +67,13 @@ enum Harness {
 
     /// Runs a program to completion, feeding `input` on stdin, killing it after `timeout`.
     static func run(_ executable: String, _ arguments: [String], input: String = "",
-                    timeout: TimeInterval = 60) throws -> Result {
+                    environment: [String: String] = [:], timeout: TimeInterval = 60) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe(), err = Pipe(), inp = Pipe()
         process.standardOutput = out
         process.standardError = err
@@ -91,8 +94,9 @@ enum Harness {
         return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr, output: nil)
     }
 
-    static func utap(_ arguments: [String], input: String = "", timeout: TimeInterval = 60) throws -> Result {
-        try run(utap, arguments, input: input, timeout: timeout)
+    static func utap(_ arguments: [String], input: String = "", environment: [String: String] = [:],
+                     timeout: TimeInterval = 60) throws -> Result {
+        try run(utap, arguments, input: input, environment: environment, timeout: timeout)
     }
 
     /// Reads both pipes on background threads so neither can fill up and block the child.

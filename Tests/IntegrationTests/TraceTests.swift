@@ -11,10 +11,12 @@ final class TraceTests: XCTestCase {
     /// Traces a target it starts. Events go to a file: the target writes to the same
     /// stdout, and its writes could land inside one of utap's large writes.
     private func trace(_ probes: [String], _ target: String, _ args: [String] = [],
-                       options: [String] = ["--format", "json"]) throws -> Harness.Result {
+                       options: [String] = ["--format", "json"],
+                       environment: [String: String] = [:]) throws -> Harness.Result {
         let path = NSTemporaryDirectory() + "utap-trace-\(getpid()).out"
         defer { unlink(path) }
-        var result = try Harness.utap(["trace", "-o", path] + options + probes + ["--", Harness.target(target)] + args)
+        var result = try Harness.utap(["trace", "-o", path] + options + probes + ["--", Harness.target(target)] + args,
+                                      environment: environment)
         XCTAssertEqual(result.status, 0, "utap failed: \(result.stderr)")
         result.output = try String(contentsOfFile: path, encoding: .utf8)
         return result
@@ -36,6 +38,22 @@ final class TraceTests: XCTestCase {
             XCTAssertEqual(summary["events"] as? Int, 2000, target)
             XCTAssertEqual(summary["lost"] as? Int, 0, target)
         }
+    }
+
+    /// utap attaches through uprobe multi-links on this kernel; the perf_event path
+    /// (older kernels, UTAP_ATTACH=perf) must see exactly the same events.
+    func testBothAttachPathsSeeTheSameEvents() throws {
+        let probes = ["add2 a=arg0 b=arg1", "add2%return r=ret", "take_str s=arg0:str", "first_call x=arg0:s32"]
+        func comparable(_ r: Harness.Result) -> [String] {
+            r.events.map { "\($0["probe"]!) \($0["kind"]!) \(($0["fields"] as? NSDictionary)!) \($0["latency_ns"] != nil)" }
+        }
+        let multi = try trace(probes, "args_pie", ["300"], environment: ["UTAP_ATTACH": "multi"])
+        let perf = try trace(probes, "args_pie", ["300"], environment: ["UTAP_ATTACH": "perf"])
+        XCTAssertEqual(multi.events.count, 300 + 300 + 5 + 1)
+        XCTAssertEqual(comparable(multi), comparable(perf))
+        let fromPid = try trace(["fib n=arg0:s32", "fib%return ret"], "fib", ["8"], environment: ["UTAP_ATTACH": "perf"])
+        XCTAssertEqual(fromPid.events("fib").count, 67)
+        XCTAssertEqual(fromPid.events("fib%return").last?.int("ret"), 21)
     }
 
     func testCommandSeesItsVeryFirstCall() throws {

@@ -14,4 +14,14 @@ pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[],
 
 /* Sets *flag to 1 on SIGINT, SIGTERM and SIGHUP, without SA_RESTART so blocking calls return. */
 void utap_install_stop_handlers(volatile int *flag, volatile int *signo);
+
+/*
+ * BPF_LINK_CREATE for a uprobe multi-link (Linux 6.6+, newer than this libbpf): attaches
+ * `prog_fd` at `cnt` file offsets of `path`, offset i with attach cookie i; return probes
+ * when `retprobe`; only in process `pid` when pid > 0. Returns the link fd, or -errno.
+ */
+int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *offsets,
+                           const unsigned long long *cookies, unsigned int cnt, int retprobe,
+                           int pid);
+#define UTAP_BPF_TRACE_UPROBE_MULTI 48
 #endif
