@@ -55,21 +55,29 @@ struct Doctor: ParsableCommand {
         print("backend auto picks: bpf (every bpf check passed)")
     }
 
-    /// Loads utap's own object, puts a probe on libc's getpid in this process, calls it and
-    /// reads the events back: the whole path a trace uses.
+    /// Loads utap's own object, starts /bin/true held before exec, probes libc's exit in it
+    /// and reads the event back: the whole path a trace uses. (utap's BPF programs ignore
+    /// utap's own process, so it cannot probe itself.)
     private func roundTrip() -> Check {
-        let calls = 3
         do {
-            var resolver = ProbeResolver(pid: getpid(), executable: nil)
-            let probes = try resolver.resolve(try ProbeParser.parse("libc:getpid"))
-            let session = try BPFBackend().attach(TracePlan(probes: probes, scope: .process(getpid()), bufferBytes: 1 << 20))
+            let command = try LaunchedCommand(["true"])
+            var resolver = ProbeResolver(pid: nil, executable: command.executable)
+            let probes = try resolver.resolve(try ProbeParser.parse("libc:exit code=arg0:s32"))
+            let session: TraceSession
+            do {
+                session = try BPFBackend().attach(TracePlan(probes: probes, scope: .process(command.pid), bufferBytes: 1 << 20))
+            } catch {
+                command.abandon()
+                throw error
+            }
             defer { session.detach() }
-            for _ in 0..<calls { _ = getpid() }
+            command.release()
+            _ = command.waitForExit()
             var seen = 0
-            for _ in 0..<20 where seen < calls {
+            for _ in 0..<10 where seen == 0 {
                 seen += try session.poll(timeoutMs: 10) { _ in }
             }
-            return Check(ok: seen == calls, what: "uprobe round trip: probed libc:getpid in this process, \(seen) of \(calls) calls seen")
+            return Check(ok: seen == 1, what: "uprobe round trip: probed libc:exit in \(command.executable), \(seen) of 1 call seen")
         } catch let error as UtapError {
             return Check(ok: false, what: "uprobe round trip: \(error.message)")
         } catch {

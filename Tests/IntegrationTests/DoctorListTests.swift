@@ -1,0 +1,35 @@
+import Foundation
+import XCTest
+
+/// `utap doctor` and `utap list` against this machine.
+final class DoctorListTests: XCTestCase {
+    override func setUp() async throws {
+        try Harness.requirePrivileges()
+    }
+
+    func testDoctorRunsARealRoundTripAndPicksBPF() throws {
+        let r = try Harness.utap(["doctor"])
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("ok    uprobe round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
+        XCTAssertFalse(r.stdout.contains("FAIL"), r.stdout)
+        XCTAssertTrue(r.stdout.hasSuffix("backend auto picks: bpf (every bpf check passed)\n"), r.stdout)
+    }
+
+    func testListMatchesTheSymbolTable() throws {
+        // The expected set comes from readelf: every defined FUNC symbol with a '_'.
+        let readelf = try Harness.run("/bin/sh", ["-c", "readelf -sW '\(Harness.target("args_pie"))' | " +
+            "awk '$4 == \"FUNC\" && $7 != \"UND\" && $8 ~ /_/ { sub(/@.*/, \"\", $8); print $8 }' | LC_ALL=C sort -u"])
+        let expected = readelf.stdout.split(separator: "\n").map(String.init)
+        XCTAssertTrue(expected.contains("take_ints") && expected.contains("first_call"), readelf.stdout)
+        let r = try Harness.utap(["list", Harness.target("args_pie"), "*_*"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.split(separator: "\n").map(String.init), expected)
+        let stripped = try Harness.utap(["list", Harness.target("args_stripped"), "add*"])
+        XCTAssertEqual(stripped.stdout, "add2\n", "found through .dynsym alone")
+        let libc = try Harness.utap(["list", "-v", "libc", "strlen"])
+        XCTAssertTrue(libc.stdout.hasSuffix(" strlen [ifunc]\n"), libc.stdout)
+        let none = try Harness.utap(["list", Harness.target("args_pie"), "nothing_matches*"])
+        XCTAssertEqual(none.status, 1)
+        XCTAssertTrue(none.stderr.hasPrefix("utap: error: "), none.stderr)
+    }
+}
