@@ -264,8 +264,10 @@ final class BPFSession: TraceSession {
         let context = Unmanaged.passUnretained(self).toOpaque()
         guard let rb = ring_buffer__new(fd, { ctx, data, size in
             guard let ctx, let data else { return 0 }
-            let session = Unmanaged<BPFSession>.fromOpaque(ctx).takeUnretainedValue()
-            return session.handle(UnsafeRawBufferPointer(start: data, count: Int(size)))
+            // The session outlives its ring buffer: no retain per record.
+            return Unmanaged<BPFSession>.fromOpaque(ctx)._withUnsafeGuaranteedRef {
+                $0.handle(UnsafeRawBufferPointer(start: data, count: Int(size)))
+            }
         }, context, nil) else {
             throw LibbpfLog.error("cannot open the ring buffer", errno: errno)
         }

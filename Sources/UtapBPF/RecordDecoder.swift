@@ -2,9 +2,18 @@ import UtapABI
 import UtapCore
 
 /// Turns ring-buffer records (struct utap_event, utap_abi.h) into `Event` values.
-struct RecordDecoder {
-    let probes: [ResolvedProbe]
-    let memory = ProcessMemory()
+/// Runs once per event: field types are kept in one flat array so decoding copies no
+/// reference-counted probe description.
+final class RecordDecoder {
+    private let fieldTypes: [FieldType]
+    /// Probe i's field types are fieldTypes[fieldStart[i] ..< fieldStart[i + 1]].
+    private let fieldStart: [Int]
+    private let memory = ProcessMemory()
+
+    init(probes: [ResolvedProbe]) {
+        fieldTypes = probes.flatMap { $0.fields.map(\.type) }
+        fieldStart = probes.reduce(into: [0]) { $0.append($0.last! + $1.fields.count) }
+    }
 
     func decode(_ record: UnsafeRawBufferPointer) -> Event {
         // Field by field at the ABI's offsets: a record is shorter than struct utap_event
@@ -15,13 +24,14 @@ struct RecordDecoder {
         let tid = record.loadUnaligned(fromByteOffset: 20, as: Int32.self)
         let index = Int(record.loadUnaligned(fromByteOffset: 24, as: UInt32.self))
         let flags = record.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
-        let probe = probes[min(index, probes.count - 1)]
         let returned = flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0
+        // The BPF side only writes indexes the loader configured.
+        let types = index + 1 < fieldStart.count ? fieldStart[index]..<fieldStart[index + 1] : 0..<0
         var fields: [FieldValue] = []
-        fields.reserveCapacity(probe.fields.count)
-        for (i, field) in probe.fields.enumerated() {
+        fields.reserveCapacity(types.count)
+        for (i, t) in types.enumerated() {
             let raw = record.loadUnaligned(fromByteOffset: Int(UTAP_EVENT_HEADER_SIZE) + i * 8, as: UInt64.self)
-            fields.append(value(raw, type: field.type, record: record, pid: pid))
+            fields.append(value(raw, type: fieldTypes[t], record: record, pid: pid))
         }
         let commBytes = record[32..<48]
         let comm = String(decoding: commBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
