@@ -45,7 +45,10 @@ final class TraceTests: XCTestCase {
     func testBothAttachPathsSeeTheSameEvents() throws {
         let probes = ["add2 a=arg0 b=arg1", "add2%return r=ret", "take_str s=arg0:str", "first_call x=arg0:s32"]
         func comparable(_ r: Harness.Result) -> [String] {
-            r.events.map { "\($0["probe"]!) \($0["kind"]!) \(($0["fields"] as? NSDictionary)!) \($0["latency_ns"] != nil)" }
+            r.events.map { event in
+                let fields = (event["fields"] as! [String: Any]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                return "\(event["probe"]!) \(event["kind"]!) \(fields) \(event["latency_ns"] != nil)"
+            }
         }
         let multi = try trace(probes, "args_pie", ["300"], environment: ["UTAP_ATTACH": "multi"])
         let perf = try trace(probes, "args_pie", ["300"], environment: ["UTAP_ATTACH": "perf"])
@@ -220,6 +223,34 @@ final class TraceTests: XCTestCase {
         XCTAssertEqual(head.stdout.split(separator: "\n").count, 1)
         XCTAssertTrue(head.stdout.contains(#""probe":"tick""#))
         XCTAssertEqual(kill(target.pid, 0), 0)
+    }
+
+    /// A reader that cannot keep up loses events, and says exactly how many: what arrived
+    /// plus what was reported lost is every call the target made.
+    func testLossIsCountedExactly() throws {
+        let dir = NSTemporaryDirectory() + "utap-loss-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let calls = 200_000
+        // The FIFO's reader waits 2 s before reading: utap blocks writing, the 1 MiB ring fills.
+        let script = """
+            mkfifo '\(dir)/fifo'
+            (exec 3<'\(dir)/fifo'; sleep 2; cat <&3 > '\(dir)/out') &
+            '\(Harness.utap)' trace --format json --buffer-mb 1 -o '\(dir)/fifo' \
+                'add2 a=arg0' -- '\(Harness.target("args_pie"))' \(calls) > /dev/null
+            status=$?; wait; exit $status
+            """
+        let r = try Harness.run("/bin/bash", ["-c", script], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = Harness.Result(status: 0, stdout: "", stderr: "",
+                                 output: try String(contentsOfFile: dir + "/out", encoding: .utf8))
+        let lostInStream = out.records.filter { $0["type"] as? String == "lost" }.reduce(0) { $0 + ($1["count"] as! Int) }
+        let summary = try XCTUnwrap(out.summary)
+        XCTAssertGreaterThan(lostInStream, 0, "a 1 MiB ring and a stalled reader must lose events")
+        XCTAssertEqual(summary["lost"] as? Int, lostInStream)
+        XCTAssertEqual(summary["events"] as? Int, out.events("add2").count)
+        XCTAssertEqual(out.events("add2").count + lostInStream, calls)
+        XCTAssertTrue(r.stderr.contains("utap: \(out.events("add2").count) events, \(lostInStream) lost"), r.stderr)
     }
 
     func testIFuncResolvesToTheImplementationInUse() throws {
