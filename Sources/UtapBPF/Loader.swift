@@ -6,8 +6,8 @@ import UtapBPFObject
 import UtapCore
 
 /// The bpf backend: loads the prebuilt object (embedded in the binary), configures it for
-/// the plan through maps and attach cookies, attaches uprobes through the perf_event path,
-/// and reads events from the ring buffer.
+/// the plan through maps and attach cookies, attaches uprobes (multi-links where the kernel
+/// has them, else one perf event each), and reads events from the ring buffer.
 public struct BPFBackend: TracingBackend {
     public let name = "bpf"
 
@@ -16,88 +16,6 @@ public struct BPFBackend: TracingBackend {
     public func attach(_ plan: TracePlan) throws(UtapError) -> TraceSession {
         try BPFSession(plan: plan)
     }
-}
-
-/// One attachment: a program at a file offset with a cookie that selects its configuration.
-struct Attachment {
-    var probe: Int
-    var path: String
-    var fileOffset: UInt64
-    var isReturn: Bool
-    var config: utap_probe_config
-}
-
-extension Attachment {
-    /// Attachments for a plan, in cookie order. A return probe gets a hidden entry program
-    /// that remembers the entry time, so its events carry latency.
-    static func all(for plan: TracePlan) -> [Attachment] {
-        var result: [Attachment] = []
-        for (index, probe) in plan.probes.enumerated() {
-            var config = utap_probe_config()
-            config.flags = UInt32(UTAP_PROBE_EMIT.rawValue)
-            config.nfields = UInt32(probe.fields.count)
-            config.probe = UInt32(index)
-            withUnsafeMutableBytes(of: &config.fields) { raw in
-                let fields = raw.bindMemory(to: utap_field_config.self)
-                for (i, field) in probe.fields.enumerated() {
-                    fields[i] = fieldConfig(field)
-                }
-            }
-            if probe.kind == .return {
-                config.flags |= UInt32(UTAP_PROBE_POP_TS.rawValue)
-                var push = utap_probe_config()
-                push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue)
-                push.probe = UInt32(index)
-                result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: false, config: push))
-            }
-            result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: probe.kind == .return, config: config))
-        }
-        return result
-    }
-
-    static func fieldConfig(_ field: FieldSpec) -> utap_field_config {
-        var c = utap_field_config()
-        switch field.source {
-        case .arg(let n): c.source = UInt8(n)
-        case .ret: c.source = UInt8(UTAP_SRC_RET.rawValue)
-        }
-        if case .string(let maxLength) = field.type {
-            c.kind = UInt8(UTAP_FIELD_STR.rawValue)
-            c.str_len = UInt16(maxLength + 2) // one byte past the limit shows truncation, plus the NUL
-        } else {
-            c.kind = UInt8(UTAP_FIELD_INT.rawValue)
-        }
-        return c
-    }
-}
-
-/// How uprobes are attached.
-public enum AttachPath: String, Sendable {
-    /// One perf event per probe (libbpf's bpf_program__attach_uprobe_opts): every kernel
-    /// with attach cookies. Detach waits an RCU grace period per probe, one after another.
-    case perfEvent = "perf"
-    /// One uprobe multi-link per file and direction (Linux 6.6+): detach waits once.
-    case multiLink = "multi"
-
-    /// Multi-links where the kernel has them; UTAP_ATTACH=perf|multi overrides (tests
-    /// cover both paths that way).
-    public static var preferred: AttachPath {
-        if let forced = getenv("UTAP_ATTACH").flatMap({ AttachPath(rawValue: String(cString: $0)) }) {
-            return forced
-        }
-        var uts = utsname()
-        uname(&uts)
-        let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard numbers.count == 2 else { return .perfEvent }
-        return (numbers[0], numbers[1]) >= (6, 6) ? .multiLink : .perfEvent
-    }
-}
-
-/// A live attachment: a libbpf link, or the fd of a multi-link libbpf does not know.
-enum LiveLink {
-    case libbpf(OpaquePointer)
-    case fd(Int32)
 }
 
 /// Live BPF object, links and ring buffer. Everything is released in `detach` / deinit.
@@ -327,44 +245,5 @@ final class BPFSession: TraceSession {
             self.object = nil
         }
         lostMapFD = -1
-    }
-}
-
-/// Closing a uprobe link waits for an RCU grace period; closing many one after another
-/// takes ~0.1 s each (performance.md). Closing them from several threads overlaps the waits.
-enum LinkTeardown {
-    static func destroy(_ links: [LiveLink]) {
-        guard links.count > 1 else {
-            links.forEach(release)
-            return
-        }
-        let workers = min(links.count, 64)
-        var threads: [pthread_t] = []
-        let batches = (0..<workers).map { w in stride(from: w, to: links.count, by: workers).map { links[$0] } }
-        for batch in batches {
-            let box = Unmanaged.passRetained(LinkBatch(batch)).toOpaque()
-            var thread = pthread_t()
-            if pthread_create(&thread, nil, { arg in
-                Unmanaged<LinkBatch>.fromOpaque(arg!).takeRetainedValue().links.forEach(LinkTeardown.release)
-                return nil
-            }, box) == 0 {
-                threads.append(thread)
-            } else {
-                Unmanaged<LinkBatch>.fromOpaque(box).takeRetainedValue().links.forEach(release)
-            }
-        }
-        threads.forEach { pthread_join($0, nil) }
-    }
-
-    static func release(_ link: LiveLink) {
-        switch link {
-        case .libbpf(let link): _ = bpf_link__destroy(link)
-        case .fd(let fd): close(fd)
-        }
-    }
-
-    final class LinkBatch {
-        let links: [LiveLink]
-        init(_ links: [LiveLink]) { self.links = links }
     }
 }

@@ -1,0 +1,55 @@
+import UtapABI
+import UtapCore
+
+/// One attachment: a program at a file offset with a cookie that selects its configuration.
+struct Attachment {
+    var probe: Int
+    var path: String
+    var fileOffset: UInt64
+    var isReturn: Bool
+    var config: utap_probe_config
+}
+
+extension Attachment {
+    /// Attachments for a plan, in cookie order. A return probe gets a hidden entry program
+    /// that remembers the entry time, so its events carry latency.
+    static func all(for plan: TracePlan) -> [Attachment] {
+        var result: [Attachment] = []
+        for (index, probe) in plan.probes.enumerated() {
+            var config = utap_probe_config()
+            config.flags = UInt32(UTAP_PROBE_EMIT.rawValue)
+            config.nfields = UInt32(probe.fields.count)
+            config.probe = UInt32(index)
+            withUnsafeMutableBytes(of: &config.fields) { raw in
+                let fields = raw.bindMemory(to: utap_field_config.self)
+                for (i, field) in probe.fields.enumerated() {
+                    fields[i] = fieldConfig(field)
+                }
+            }
+            if probe.kind == .return {
+                config.flags |= UInt32(UTAP_PROBE_POP_TS.rawValue)
+                var push = utap_probe_config()
+                push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue)
+                push.probe = UInt32(index)
+                result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: false, config: push))
+            }
+            result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: probe.kind == .return, config: config))
+        }
+        return result
+    }
+
+    static func fieldConfig(_ field: FieldSpec) -> utap_field_config {
+        var c = utap_field_config()
+        switch field.source {
+        case .arg(let n): c.source = UInt8(n)
+        case .ret: c.source = UInt8(UTAP_SRC_RET.rawValue)
+        }
+        if case .string(let maxLength) = field.type {
+            c.kind = UInt8(UTAP_FIELD_STR.rawValue)
+            c.str_len = UInt16(maxLength + 2) // one byte past the limit shows truncation, plus the NUL
+        } else {
+            c.kind = UInt8(UTAP_FIELD_INT.rawValue)
+        }
+        return c
+    }
+}
