@@ -40,7 +40,7 @@ public enum LibraryResolver {
             for file in files.map({ lastPathComponent($0.path) }) where file.contains(".so") && !libraries.contains(file) {
                 libraries.append(file)
             }
-            throw .runtime("library '\(name)': not mapped by pid \(pid)",
+            throw .usage("library '\(name)': not mapped by pid \(pid)",
                            hint: libraries.isEmpty ? "it maps no shared libraries"
                                : "it maps \(libraries.prefix(5).joined(separator: ", "))")
         }

@@ -184,7 +184,8 @@ public enum ProbeParser {
         if let eq = rest.firstIndex(of: "=") {
             let candidate = rest[..<eq]
             guard isIdentifier(candidate) else {
-                throw .usage("probe '\(probe)': field name '\(candidate)' is not an identifier")
+                throw .usage("probe '\(probe)': field '\(word)': name '\(candidate)' is not an identifier",
+                             hint: "write NAME=SOURCE with NAME made of letters, digits and '_', e.g. size=arg0")
             }
             name = String(candidate)
             rest = rest[rest.index(after: eq)...]

@@ -68,25 +68,32 @@ struct Trace: ParsableCommand {
     /// cannot put a terminator-delimited list after a variadic positional.
     var command: [String] { CommandLineSplit.command }
 
-    func validate() throws {
+    /// Option checks, run first thing in `run` (not ArgumentParser's `validate`, which
+    /// would rewrap the error and drop its hint).
+    func checkOptions() throws(UtapError) {
         if probes.isEmpty {
-            throw ValidationError("give at least one PROBE, e.g. utap trace 'libc:malloc size=arg0:u64' -- ./app")
+            throw .usage("trace: no PROBE given", hint: "e.g. utap trace 'libc:malloc size=arg0:u64' -- ./app")
+        }
+        if CommandLineSplit.hasTerminator && command.isEmpty {
+            throw .usage("--: no command after it", hint: "give the program to start, e.g. -- ./app arg")
         }
         if pid != nil && !command.isEmpty {
-            throw ValidationError("-p/--pid and -- COMMAND cannot be used together: trace a running process or start one")
+            throw .usage("-p and -- COMMAND: cannot be used together", hint: "trace a running process or start one")
         }
-        if let duration, duration <= 0 {
-            throw ValidationError("--duration must be more than 0 seconds")
+        // A year at most: the deadline must fit in nanoseconds.
+        if let duration, !(duration > 0 && duration <= 366 * 86400) {
+            throw .usage("--duration \(duration): must be a number of seconds above 0, at most a year")
         }
         if maxEvents == 0 {
-            throw ValidationError("--max-events must be at least 1")
+            throw .usage("--max-events 0: must be at least 1")
         }
         if bufferMb <= 0 || bufferMb & (bufferMb - 1) != 0 || bufferMb > 1024 {
-            throw ValidationError("--buffer-mb must be a power of two from 1 to 1024")
+            throw .usage("--buffer-mb \(bufferMb): must be a power of two from 1 to 1024")
         }
     }
 
     func run() throws {
+        try checkOptions()
         let specs = try probes.map { (text: String) throws(UtapError) -> ProbeSpec in try ProbeParser.parse(text) }
         if let pid { try checkProcess(pid) }
         let chosen = try chooseBackend(backend)
