@@ -173,12 +173,18 @@ static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
     return bpf_map_lookup_elem(&pending, &tid);
 }
 
-static __always_inline int on_entry(struct pt_regs *ctx)
+/* What this hit should do, or NULL when it is utap's own process. */
+static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx)
 {
     if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
         return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
-    const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
+    return bpf_map_lookup_elem(&probes, &id);
+}
+
+static __always_inline int on_entry(struct pt_regs *ctx)
+{
+    const struct utap_probe_config *cfg = config_of_hit(ctx);
     if (!cfg)
         return 0;
     __u64 now = bpf_ktime_get_ns();
@@ -204,10 +210,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 
 static __always_inline int on_return(struct pt_regs *ctx)
 {
-    if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
-        return 0;
-    __u32 id = (__u32)bpf_get_attach_cookie(ctx);
-    const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
+    const struct utap_probe_config *cfg = config_of_hit(ctx);
     if (!cfg)
         return 0;
     __u64 now = bpf_ktime_get_ns();

@@ -51,3 +51,19 @@ func summaryLines(_ summary: TraceSummary, probes: [ProbeDescriptor]) -> [Summar
     }
     return lines
 }
+
+/// A probe's field keys as a writer prints them (`,"name":` or `  name=`), encoded once at
+/// start so an event encodes no names; `key(name, index)` encodes one.
+struct FieldKeys {
+    private let keys: [[UInt8]]
+    private let key: (String, Int) -> [UInt8]
+
+    init(_ names: [String], key: @escaping (String, Int) -> [UInt8]) {
+        self.keys = names.enumerated().map { key($1, $0) }
+        self.key = key
+    }
+
+    func append(_ index: Int, to output: OutputBuffer) {
+        output.append(index < keys.count ? keys[index] : key(unnamedFieldName(index), index))
+    }
+}

@@ -9,7 +9,7 @@ public final class JSONWriter: EventWriter {
         /// `"probe":"NAME","kind":"KIND","fields":{`
         let prefix: [UInt8]
         /// `"NAME":` for the first field, `,"NAME":` for the others.
-        let keys: [[UInt8]]
+        let keys: FieldKeys
         /// `"NAME"`, for lost records.
         let quotedName: [UInt8]
 
@@ -22,22 +22,12 @@ public final class JSONWriter: EventWriter {
                 $0.append(probe.kind.rawValue)
                 $0.append(#"","fields":{"#)
             }
-            keys = probe.fieldNames.enumerated().map { Self.key($1, $0) }
-        }
-
-        static func key(_ name: String, _ index: Int) -> [UInt8] {
-            OutputBuffer.encode {
-                if index > 0 { $0.append(0x2C) }
-                $0.appendJSONString(name)
-                $0.append(0x3A)
-            }
-        }
-
-        func appendKey(_ index: Int, to output: OutputBuffer) {
-            if index < keys.count {
-                output.append(keys[index])
-            } else {
-                output.append(Self.key(unnamedFieldName(index), index))
+            keys = FieldKeys(probe.fieldNames) { name, index in
+                OutputBuffer.encode {
+                    if index > 0 { $0.append(0x2C) }
+                    $0.appendJSONString(name)
+                    $0.append(0x3A)
+                }
             }
         }
     }
@@ -69,7 +59,7 @@ public final class JSONWriter: EventWriter {
         output.append(0x2C)
         output.append(probe.prefix)
         for (index, value) in event.fields.enumerated() {
-            probe.appendKey(index, to: output)
+            probe.keys.append(index, to: output)
             append(value)
         }
         output.append(0x7D)

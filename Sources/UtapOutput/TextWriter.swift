@@ -17,27 +17,17 @@ public final class TextWriter: EventWriter {
         /// The name alone: lines do not end in spaces.
         let name: [UInt8]
         /// `NAME=` for the first field, `  NAME=` for the others.
-        let keys: [[UInt8]]
+        let keys: FieldKeys
 
         init(_ probe: ProbeDescriptor, width: Int) {
             name = OutputBuffer.encode { $0.appendTextEscaped(probe.name) }
             paddedName = name + Array(repeating: 0x20, count: max(width - name.count, 0) + 1)
-            keys = probe.fieldNames.enumerated().map { Self.key($1, $0) }
-        }
-
-        static func key(_ name: String, _ index: Int) -> [UInt8] {
-            OutputBuffer.encode {
-                if index > 0 { $0.append("  ") }
-                $0.appendTextEscaped(name)
-                $0.append(0x3D)
-            }
-        }
-
-        func appendKey(_ index: Int, to output: OutputBuffer) {
-            if index < keys.count {
-                output.append(keys[index])
-            } else {
-                output.append(Self.key(unnamedFieldName(index), index))
+            keys = FieldKeys(probe.fieldNames) { name, index in
+                OutputBuffer.encode {
+                    if index > 0 { $0.append("  ") }
+                    $0.appendTextEscaped(name)
+                    $0.append(0x3D)
+                }
             }
         }
     }
@@ -113,7 +103,7 @@ public final class TextWriter: EventWriter {
         let hasTail = !event.fields.isEmpty || event.latencyNs != nil
         output.append(hasTail ? probe.paddedName : probe.name)
         for (index, value) in event.fields.enumerated() {
-            probe.appendKey(index, to: output)
+            probe.keys.append(index, to: output)
             append(value)
         }
         if let latency = event.latencyNs {

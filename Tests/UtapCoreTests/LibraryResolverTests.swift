@@ -28,7 +28,7 @@ final class LibraryResolverTests: XCTestCase {
         let pid = getpid()
         XCTAssertThrowsError(try LibraryResolver.resolve("libnotthere", pid: pid, executable: nil)) { error in
             let error = error as? UtapError
-            XCTAssertEqual(error?.code, .runtime)
+            XCTAssertEqual(error?.code, .usage, "a library the user named and the process lacks is a usage error, like an unknown file")
             XCTAssertEqual(error?.message, "library 'libnotthere': not mapped by pid \(pid)")
             XCTAssertTrue(error?.hint?.hasPrefix("it maps ") == true)
             XCTAssertTrue(error?.hint?.contains("libc.so.6") == true)
