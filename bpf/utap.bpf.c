@@ -31,6 +31,30 @@ struct {
     __type(value, __u64);
 } lost SEC(".maps");
 
+/* Hits per probe (utap count); sized by the loader. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} counts SEC(".maps");
+
+/* Hits per probe and process (utap count --by-pid). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct utap_pid_key);
+    __type(value, __u64);
+} pid_counts SEC(".maps");
+
+/* Latency histograms per probe (utap latency); sized by the loader. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct utap_histogram);
+} hists SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 1 << 24);
@@ -173,6 +197,57 @@ static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
     return bpf_map_lookup_elem(&pending, &tid);
 }
 
+static __always_inline void count_hit(const struct utap_probe_config *cfg)
+{
+    if (cfg->flags & UTAP_PROBE_BY_PID) {
+        struct utap_pid_key key = { .probe = cfg->probe, .pid = bpf_get_current_pid_tgid() >> 32 };
+        __u64 *n = bpf_map_lookup_elem(&pid_counts, &key);
+        if (n) {
+            *n += 1;
+        } else {
+            __u64 one = 1;
+            if (bpf_map_update_elem(&pid_counts, &key, &one, BPF_NOEXIST))
+                count_lost(cfg->probe); /* table full (or a racing insert on this CPU) */
+        }
+        return;
+    }
+    __u32 probe = cfg->probe;
+    __u64 *n = bpf_map_lookup_elem(&counts, &probe);
+    if (n)
+        *n += 1;
+}
+
+/* floor(log2(v)) for v > 0, by halving the search range: no loops for the verifier. */
+static __always_inline __u32 log2_u64(__u64 v)
+{
+    __u32 r = 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    return r;
+}
+
+static __always_inline void add_latency(const struct utap_probe_config *cfg, __u64 ns)
+{
+    __u32 probe = cfg->probe;
+    struct utap_histogram *h = bpf_map_lookup_elem(&hists, &probe);
+    if (!h)
+        return;
+    __u32 bucket = ns;
+    if (ns >= UTAP_HIST_SUB) {
+        __u32 k = log2_u64(ns);
+        bucket = (k - UTAP_HIST_SUB_BITS + 1) * UTAP_HIST_SUB + ((ns >> (k - UTAP_HIST_SUB_BITS)) & (UTAP_HIST_SUB - 1));
+    }
+    h->buckets[bucket & (UTAP_HIST_BUCKETS - 1)] += 1;
+    h->count += 1;
+    h->sum_ns += ns;
+    if (ns > h->max_ns)
+        h->max_ns = ns;
+}
+
 /* What this hit should do, or NULL when it is utap's own process. */
 static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx)
 {
@@ -203,6 +278,8 @@ static __always_inline int on_entry(struct pt_regs *ctx)
             }
         }
     }
+    if (cfg->flags & UTAP_PROBE_COUNT)
+        count_hit(cfg);
     if (cfg->flags & UTAP_PROBE_EMIT)
         emit(ctx, cfg, now, 0, 0);
     return 0;
@@ -244,6 +321,10 @@ static __always_inline int on_return(struct pt_regs *ctx)
             }
         }
     }
+    if ((cfg->flags & UTAP_PROBE_HIST) && (flags & UTAP_EVENT_LATENCY))
+        add_latency(cfg, latency);
+    if (cfg->flags & UTAP_PROBE_COUNT)
+        count_hit(cfg);
     if (cfg->flags & UTAP_PROBE_EMIT)
         emit(ctx, cfg, now, latency, flags);
     return 0;

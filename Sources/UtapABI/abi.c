@@ -10,3 +10,5 @@ _Static_assert(offsetof(struct utap_event, latency_ns) == 8 && offsetof(struct u
                offsetof(struct utap_event, tid) == 20 && offsetof(struct utap_event, probe) == 24 &&
                offsetof(struct utap_event, flags) == 30 && offsetof(struct utap_event, comm) == 32,
                "RecordDecoder reads these offsets");
+_Static_assert(sizeof(struct utap_histogram) == 24 + 8 * UTAP_HIST_BUCKETS, "histogram layout");
+_Static_assert(UTAP_HIST_BUCKETS == 256, "LatencyHistogram.bucketCount");

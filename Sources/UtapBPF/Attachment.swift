@@ -11,29 +11,41 @@ struct Attachment {
 }
 
 extension Attachment {
-    /// Attachments for a plan, in cookie order. A return probe gets a hidden entry program
-    /// that remembers the entry time, so its events carry latency.
+    /// Attachments for a plan, in cookie order. Streamed return probes and every latency
+    /// probe get a hidden entry program that remembers the entry time, so the return
+    /// knows its latency.
     static func all(for plan: TracePlan) -> [Attachment] {
         var result: [Attachment] = []
         for (index, probe) in plan.probes.enumerated() {
             var config = utap_probe_config()
-            config.flags = UInt32(UTAP_PROBE_EMIT.rawValue)
-            config.nfields = UInt32(probe.fields.count)
             config.probe = UInt32(index)
-            withUnsafeMutableBytes(of: &config.fields) { raw in
-                let fields = raw.bindMemory(to: utap_field_config.self)
-                for (i, field) in probe.fields.enumerated() {
-                    fields[i] = fieldConfig(field)
+            var onReturn = probe.kind == .return
+            switch plan.mode {
+            case .stream:
+                config.flags = UInt32(UTAP_PROBE_EMIT.rawValue)
+                config.nfields = UInt32(probe.fields.count)
+                withUnsafeMutableBytes(of: &config.fields) { raw in
+                    let fields = raw.bindMemory(to: utap_field_config.self)
+                    for (i, field) in probe.fields.enumerated() {
+                        fields[i] = fieldConfig(field)
+                    }
                 }
+            case .count(let byPid):
+                config.flags = UInt32(UTAP_PROBE_COUNT.rawValue) | (byPid ? UInt32(UTAP_PROBE_BY_PID.rawValue) : 0)
+            case .latency:
+                config.flags = UInt32(UTAP_PROBE_HIST.rawValue)
+                onReturn = true
             }
-            if probe.kind == .return {
+            var countsOnly = false
+            if case .count = plan.mode { countsOnly = true }
+            if onReturn && !countsOnly {
                 config.flags |= UInt32(UTAP_PROBE_POP_TS.rawValue)
                 var push = utap_probe_config()
                 push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue)
                 push.probe = UInt32(index)
                 result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: false, config: push))
             }
-            result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: probe.kind == .return, config: config))
+            result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: onReturn, config: config))
         }
         return result
     }

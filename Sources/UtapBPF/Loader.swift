@@ -26,7 +26,6 @@ final class BPFSession: TraceSession {
     private var object: OpaquePointer?
     private var links: [LiveLink] = []
     private var ring: OpaquePointer?
-    private var lostMapFD: Int32 = -1
     private let decoder: RecordDecoder
     // Set only during poll: the C callback forwards records here.
     private var deliver: ((Event) throws -> Void)?
@@ -64,6 +63,8 @@ final class BPFSession: TraceSession {
         let count = UInt32(max(plan.probes.count, 1))
         try setMaxEntries("probes", UInt32(max(attachments.count, 1)))
         try setMaxEntries("lost", count)
+        try setMaxEntries("counts", count)
+        try setMaxEntries("hists", count)
         try setMaxEntries("events", UInt32(plan.bufferBytes))
         try setTracerPid(getpid())
         for name in ["utap_entry", "utap_return", "utap_entry_multi", "utap_return_multi"] {
@@ -79,7 +80,6 @@ final class BPFSession: TraceSession {
                                   hint: "run 'utap doctor' to see what this kernel supports")
         }
         let probesFD = bpf_map__fd(map("probes"))
-        lostMapFD = bpf_map__fd(map("lost"))
         for (cookie, attachment) in attachments.enumerated() {
             var key = UInt32(cookie)
             var config = attachment.config
@@ -223,13 +223,78 @@ final class BPFSession: TraceSession {
     }
 
     func lostCounts() -> [UInt64] {
-        guard lostMapFD >= 0 else { return Array(repeating: 0, count: plan.probes.count) }
-        let cpus = Int(libbpf_num_possible_cpus())
-        var perCPU = [UInt64](repeating: 0, count: max(cpus, 1))
+        perCPUSums("lost")
+    }
+
+    func aggregates() -> Aggregates {
+        switch plan.mode {
+        case .stream:
+            return Aggregates(counts: [], processCounts: [], histograms: [])
+        case .count:
+            return Aggregates(counts: perCPUSums("counts"), processCounts: processCounts(), histograms: [])
+        case .latency:
+            return Aggregates(counts: [], processCounts: [], histograms: histograms())
+        }
+    }
+
+    private var cpuCount: Int { max(Int(libbpf_num_possible_cpus()), 1) }
+
+    /// For each probe, its u64 slot of a per-CPU array summed over CPUs.
+    private func perCPUSums(_ name: String) -> [UInt64] {
+        guard object != nil else { return Array(repeating: 0, count: plan.probes.count) }
+        let fd = bpf_map__fd(map(name))
+        var perCPU = [UInt64](repeating: 0, count: cpuCount)
         return (0..<plan.probes.count).map { index in
             var key = UInt32(index)
-            guard bpf_map_lookup_elem(lostMapFD, &key, &perCPU) == 0 else { return 0 }
+            guard fd >= 0, bpf_map_lookup_elem(fd, &key, &perCPU) == 0 else { return 0 }
             return perCPU.reduce(0, +)
+        }
+    }
+
+    private func processCounts() -> [ProcessCount] {
+        guard object != nil else { return [] }
+        let fd = bpf_map__fd(map("pid_counts"))
+        guard fd >= 0 else { return [] }
+        var result: [ProcessCount] = []
+        var perCPU = [UInt64](repeating: 0, count: cpuCount)
+        var key = utap_pid_key(), next = utap_pid_key()
+        var first = true
+        while withUnsafeMutablePointer(to: &key, { k in
+            bpf_map_get_next_key(fd, first ? nil : UnsafeRawPointer(k), &next)
+        }) == 0 {
+            first = false
+            key = next
+            if bpf_map_lookup_elem(fd, &key, &perCPU) == 0 {
+                result.append(ProcessCount(probe: Int(key.probe), pid: Int32(bitPattern: key.pid), count: perCPU.reduce(0, +)))
+            }
+        }
+        return result
+    }
+
+    private func histograms() -> [LatencyHistogram] {
+        guard object != nil else { return [] }
+        let fd = bpf_map__fd(map("hists"))
+        // Per-CPU values come back one after another, each rounded up to 8 bytes.
+        let stride = (MemoryLayout<utap_histogram>.size + 7) & ~7
+        var raw = [UInt8](repeating: 0, count: stride * cpuCount)
+        return (0..<plan.probes.count).map { index in
+            var total = LatencyHistogram()
+            var key = UInt32(index)
+            guard fd >= 0, bpf_map_lookup_elem(fd, &key, &raw) == 0 else { return total }
+            raw.withUnsafeBytes { bytes in
+                for cpu in 0..<cpuCount {
+                    let base = cpu * stride
+                    var h = LatencyHistogram()
+                    h.count = bytes.loadUnaligned(fromByteOffset: base, as: UInt64.self)
+                    h.sumNs = bytes.loadUnaligned(fromByteOffset: base + 8, as: UInt64.self)
+                    h.maxNs = bytes.loadUnaligned(fromByteOffset: base + 16, as: UInt64.self)
+                    for b in 0..<LatencyHistogram.bucketCount {
+                        h.buckets[b] = bytes.loadUnaligned(fromByteOffset: base + 24 + b * 8, as: UInt64.self)
+                    }
+                    total.add(h)
+                }
+            }
+            return total
         }
     }
 
@@ -244,6 +309,5 @@ final class BPFSession: TraceSession {
             bpf_object__close(object)
             self.object = nil
         }
-        lostMapFD = -1
     }
 }

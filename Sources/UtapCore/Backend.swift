@@ -42,12 +42,15 @@ public enum TraceScope: Equatable, Sendable {
 public struct TracePlan: Equatable, Sendable {
     public var probes: [ResolvedProbe]
     public var scope: TraceScope
+    public var mode: TraceMode
     /// Ring buffer bytes (bpf); a power of two.
     public var bufferBytes: Int
 
-    public init(probes: [ResolvedProbe], scope: TraceScope, bufferBytes: Int = 32 << 20) {
+    public init(probes: [ResolvedProbe], scope: TraceScope, mode: TraceMode = .stream,
+                bufferBytes: Int = 32 << 20) {
         self.probes = probes
         self.scope = scope
+        self.mode = mode
         self.bufferBytes = bufferBytes
     }
 }
@@ -57,8 +60,10 @@ public protocol TraceSession: AnyObject {
     /// Waits at most `timeoutMs` for events, hands each to `deliver`, and returns how many
     /// were delivered. Stops early (without losing the rest) when `deliver` throws.
     func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int
-    /// Records lost so far, per probe of the plan (cumulative).
+    /// Records lost so far, per probe of the plan (cumulative); zeros once detached.
     func lostCounts() -> [UInt64]
+    /// What count and latency sessions have aggregated so far (cumulative).
+    func aggregates() -> Aggregates
     /// Removes every probe. Idempotent.
     func detach()
 }

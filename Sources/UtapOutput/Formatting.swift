@@ -205,3 +205,27 @@ extension OutputBuffer {
         string.withUTF8Bytes { appendTextEscaped($0) }
     }
 }
+
+extension OutputBuffer {
+    /// `850ns`, `7.1us`, `12.0ms`, `3.5s`: the largest unit that keeps the value at 1 or
+    /// more, rounded to one decimal.
+    public func appendDuration(_ ns: UInt64) {
+        if ns < 1000 {
+            appendDecimal(ns)
+            append("ns")
+            return
+        }
+        for (tenth, unit) in [(UInt64(100), "us"), (100_000, "ms"), (100_000_000, "s")] {
+            let (quotient, remainder) = ns.quotientAndRemainder(dividingBy: tenth)
+            let tenths = quotient + (remainder * 2 >= tenth ? 1 : 0)
+            // Rounding can reach 1000.0 of a unit: that is 1.0 of the next one.
+            if tenths < 10_000 || unit == "s" {
+                appendDecimal(tenths / 10)
+                append(0x2E)
+                appendDecimal(tenths % 10)
+                append(unit)
+                return
+            }
+        }
+    }
+}

@@ -108,7 +108,7 @@ public final class TextWriter: EventWriter {
         }
         if let latency = event.latencyNs {
             output.append(event.fields.isEmpty ? "latency=" : "  latency=")
-            appendDuration(latency)
+            output.appendDuration(latency)
         }
         output.append(0x0A)
         for frame in event.stack ?? [] {
@@ -131,28 +131,6 @@ public final class TextWriter: EventWriter {
         output.appendDecimal(seconds)
         output.append(0x2E)
         output.appendDecimal(micros % 1_000_000, minDigits: 6)
-    }
-
-    /// `850ns`, `7.1us`, `12.0ms`, `3.5s`: the largest unit that keeps the value at 1 or
-    /// more, rounded to one decimal.
-    private func appendDuration(_ ns: UInt64) {
-        if ns < 1000 {
-            output.appendDecimal(ns)
-            output.append("ns")
-            return
-        }
-        for (tenth, unit) in [(UInt64(100), "us"), (100_000, "ms"), (100_000_000, "s")] {
-            let (quotient, remainder) = ns.quotientAndRemainder(dividingBy: tenth)
-            let tenths = quotient + (remainder * 2 >= tenth ? 1 : 0)
-            // Rounding can reach 1000.0 of a unit: that is 1.0 of the next one.
-            if tenths < 10_000 || unit == "s" {
-                output.appendDecimal(tenths / 10)
-                output.append(0x2E)
-                output.appendDecimal(tenths % 10)
-                output.append(unit)
-                return
-            }
-        }
     }
 
     private func append(_ value: FieldValue) {

@@ -4,14 +4,6 @@ import UtapBPF
 import UtapCore
 import UtapOutput
 
-enum BackendChoice: String, ExpressibleByArgument, CaseIterable {
-    case auto, bpf, ptrace
-}
-
-enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    case text, json
-}
-
 struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream every hit of the given probes.",
@@ -40,20 +32,7 @@ struct Trace: ParsableCommand {
         """)
 
 
-    @Option(name: .shortAndLong, help: "Trace only this process (all its threads).")
-    var pid: Int32?
-
-    @Option(help: "auto (bpf if usable, else ptrace), bpf or ptrace.")
-    var backend: BackendChoice = .auto
-
-    @Option(help: "text (aligned columns) or json (JSON Lines).")
-    var format: OutputFormat = .text
-
-    @Option(name: .shortAndLong, help: "Write events to FILE instead of stdout.")
-    var output: String?
-
-    @Option(help: "Stop after SECONDS.")
-    var duration: Double?
+    @OptionGroup var options: SessionOptions
 
     @Option(help: "Stop after N events.")
     var maxEvents: UInt64?
@@ -61,130 +40,26 @@ struct Trace: ParsableCommand {
     @Option(help: "Ring buffer size in MiB (bpf), a power of two.")
     var bufferMb: Int = 32
 
-    @Argument(help: "Probes, one per shell word.")
-    var probes: [String] = []
-
-    /// The words after `--`, split off before parsing (see main.swift): ArgumentParser
-    /// cannot put a terminator-delimited list after a variadic positional.
-    var command: [String] { CommandLineSplit.command }
-
-    /// Option checks, run first thing in `run` (not ArgumentParser's `validate`, which
-    /// would rewrap the error and drop its hint).
-    func checkOptions() throws(UtapError) {
-        if probes.isEmpty {
-            throw .usage("trace: no PROBE given", hint: "e.g. utap trace 'libc:malloc size=arg0:u64' -- ./app")
-        }
-        if CommandLineSplit.hasTerminator && command.isEmpty {
-            throw .usage("--: no command after it", hint: "give the program to start, e.g. -- ./app arg")
-        }
-        if pid != nil && !command.isEmpty {
-            throw .usage("-p and -- COMMAND: cannot be used together", hint: "trace a running process or start one")
-        }
-        // A year at most: the deadline must fit in nanoseconds.
-        if let duration, !(duration > 0 && duration <= 366 * 86400) {
-            throw .usage("--duration \(duration): must be a number of seconds above 0, at most a year")
-        }
+    func run() throws {
+        try options.check("trace")
         if maxEvents == 0 {
-            throw .usage("--max-events 0: must be at least 1")
+            throw UtapError.usage("--max-events 0: must be at least 1")
         }
         if bufferMb <= 0 || bufferMb & (bufferMb - 1) != 0 || bufferMb > 1024 {
-            throw .usage("--buffer-mb \(bufferMb): must be a power of two from 1 to 1024")
+            throw UtapError.usage("--buffer-mb \(bufferMb): must be a power of two from 1 to 1024")
         }
-    }
-
-    func run() throws {
-        try checkOptions()
-        let specs = try probes.map { (text: String) throws(UtapError) -> ProbeSpec in try ProbeParser.parse(text) }
-        if let pid { try checkProcess(pid) }
-        let chosen = try chooseBackend(backend)
-
-        let launched = command.isEmpty ? nil : try LaunchedCommand(command)
-        var resolver = ProbeResolver(pid: pid, executable: launched?.executable)
-        let resolved: [ResolvedProbe]
-        do {
-            resolved = try specs.flatMap { (spec: ProbeSpec) throws(UtapError) -> [ResolvedProbe] in try resolver.resolve(spec) }
-        } catch {
-            launched?.abandon()
-            throw error
-        }
-        resolver.warnings.forEach { warn($0) }
-
-        let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
-        let plan = TracePlan(probes: resolved, scope: scope, bufferBytes: bufferMb << 20)
-        let output = try openOutput(output)
-        let descriptors = resolved.map(\.descriptor)
+        let live = try options.start(mode: .stream, bufferBytes: bufferMb << 20)
+        let descriptors = live.descriptors
+        let stderrBuffer = OutputBuffer(fd: STDERR_FILENO, ownsFD: false)
+        let writer: EventWriter = options.format == .json
+            ? JSONWriter(probes: descriptors, output: live.output)
+            : TextWriter(probes: descriptors, output: live.output, summaryOutput: stderrBuffer, startNs: monotonicNow())
         // The text summary always reaches the user on stderr, whatever the stream's format.
-        let stderrSummary = TextWriter(probes: descriptors, output: OutputBuffer(fd: STDERR_FILENO, ownsFD: false),
-                                       startNs: monotonicNow())
-        let writer: EventWriter = format == .json ? JSONWriter(probes: descriptors, output: output)
-            : TextWriter(probes: descriptors, output: output, summaryOutput: OutputBuffer(fd: STDERR_FILENO, ownsFD: false),
-                         startNs: monotonicNow())
-
-        let session: TraceSession
-        do {
-            session = try chosen.attach(plan)
-        } catch {
-            launched?.abandon()
-            throw error
-        }
-        let where_: String
-        if let launched {
-            where_ = "\(command[0]) (pid \(launched.pid))"
-        } else if let pid {
-            where_ = "pid \(pid)"
-        } else {
-            where_ = "all processes"
-        }
-        let count = resolved.count
-        warn("Tracing \(count) probe\(count == 1 ? "" : "s") in \(where_) with \(chosen.name). Ctrl-C to stop.", prefix: false)
-
-        let runner = TraceRunner(session: session, writer: writer,
-                                 summaryWriter: format == .json ? stderrSummary : nil, probeCount: count,
-                                 maxEvents: maxEvents, duration: duration, command: launched,
-                                 tracedPid: pid)
-        launched?.release()
-        let status = try runner.run()
-        throw ExitCode(status)
+        let stderrSummary = options.format == .json
+            ? TextWriter(probes: descriptors, output: stderrBuffer, startNs: monotonicNow()) : nil
+        let runner = TraceRunner(live: live, writer: writer, summaryWriter: stderrSummary,
+                                 maxEvents: maxEvents, duration: options.duration)
+        live.command?.release()
+        throw ExitCode(try runner.run())
     }
-
-    func chooseBackend(_ choice: BackendChoice) throws(UtapError) -> TracingBackend {
-        switch choice {
-        case .ptrace:
-            throw .usage("--backend ptrace: the ptrace backend is not available in this build yet", hint: "use --backend bpf")
-        case .bpf, .auto:
-            let caps = Capabilities.current()
-            if !caps.canUseBPF {
-                throw .runtime("cannot use the bpf backend: utap lacks CAP_BPF and CAP_PERFMON",
-                               hint: "run utap as root, e.g. 'sudo utap trace ...'")
-            }
-            return BPFBackend()
-        }
-    }
-
-    func checkProcess(_ pid: Int32) throws(UtapError) {
-        if pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH) {
-            throw .usage("pid \(pid): no such process")
-        }
-    }
-
-    func openOutput(_ path: String?) throws(UtapError) -> OutputBuffer {
-        guard let path else { return OutputBuffer(fd: STDOUT_FILENO, ownsFD: false) }
-        // O_NOFOLLOW: never write through a symlink planted where the file should be.
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw .runtime("cannot open output file '\(path)': \(String(cString: strerror(errno)))")
-        }
-        return OutputBuffer(fd: fd, ownsFD: true)
-    }
-}
-
-func warn(_ message: String, prefix: Bool = true) {
-    let line = (prefix ? "utap: warning: " : "") + message + "\n"
-    _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-}
-
-func monotonicNow() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

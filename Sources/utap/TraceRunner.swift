@@ -6,27 +6,71 @@ import UtapOutput
 /// Stop requests from SIGINT/SIGTERM/SIGHUP land here (written by the C handler).
 private let stopFlag = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
 
-/// Drives a live session: polls events into the writer until a stop condition, reports
-/// loss as it appears, then detaches and writes the summary. Returns utap's exit status.
+/// Why a session ends.
+enum StopReason: Error, Equatable {
+    case signal(Int32)
+    case maxEvents
+    case duration
+    case commandExited(Int32)
+    case processExited
+    case outputClosed
+}
+
+/// The stop conditions every subcommand shares: a signal, the command's exit, the traced
+/// process's exit, the deadline. Installs the signal handlers when made.
+struct StopConditions {
+    let command: LaunchedCommand?
+    let tracedPid: Int32?
+    let deadline: UInt64?
+
+    init(live: LiveSession, duration: Double?) {
+        command = live.command
+        tracedPid = live.tracedPid
+        deadline = duration.map { monotonicNow() + UInt64($0 * 1e9) }
+        stopFlag[0] = 0
+        stopFlag[1] = 0
+        utap_install_stop_handlers(stopFlag, stopFlag + 1)
+        signal(SIGPIPE, SIG_IGN) // a closed pipe surfaces as EPIPE from write
+    }
+
+    /// The reason to stop now, if any. Reading /proc for a -p process costs a little, so
+    /// the caller says when that check is due.
+    func check(processToo: Bool) -> StopReason? {
+        if stopFlag[0] != 0 { return .signal(stopFlag[1]) }
+        if let status = command?.pollExit() { return .commandExited(status) }
+        if processToo, let tracedPid, ProcessState.hasExited(tracedPid) { return .processExited }
+        if let deadline, monotonicNow() >= deadline { return .duration }
+        return nil
+    }
+
+    /// utap's exit status once tracing stopped for `reason`: the command's status when
+    /// there is one (interrupting the trace ends the command, like perf), else 0.
+    func exitStatus(after reason: StopReason) -> Int32 {
+        if case .processExited = reason, let tracedPid {
+            warn("pid \(tracedPid) exited", prefix: false)
+        }
+        guard let command else { return 0 }
+        switch reason {
+        case .commandExited(let status):
+            return status
+        case .signal(let signo):
+            command.signal(signo)
+            return command.waitForExit()
+        default:
+            return command.waitForExit()
+        }
+    }
+}
+
+/// Drives a streaming session: polls events into the writer until a stop condition,
+/// reports loss as it appears, then detaches and writes the summary.
 struct TraceRunner {
-    let session: TraceSession
+    let live: LiveSession
     let writer: EventWriter
     /// Also gets the summary (JSON mode: the human summary on stderr).
     let summaryWriter: EventWriter?
-    let probeCount: Int
     let maxEvents: UInt64?
     let duration: Double?
-    let command: LaunchedCommand?
-    let tracedPid: Int32?
-
-    private enum Stop: Error, Equatable {
-        case signal(Int32)
-        case maxEvents
-        case duration
-        case commandExited(Int32)
-        case processExited
-        case outputClosed
-    }
 
     /// Thrown out of the delivery closure to end a poll early.
     private struct EnoughEvents: Error {}
@@ -34,21 +78,17 @@ struct TraceRunner {
     /// How long the reader sleeps between ring-buffer checks: the bound on delivery delay.
     static let pollIntervalMs: Int32 = 5
     /// How often loss counters are read from the kernel and a -p process is checked.
-    static let lossCheckNs: UInt64 = 100_000_000
+    static let slowCheckNs: UInt64 = 100_000_000
 
     func run() throws -> Int32 {
-        stopFlag[0] = 0
-        stopFlag[1] = 0
-        utap_install_stop_handlers(stopFlag, stopFlag + 1)
-        signal(SIGPIPE, SIG_IGN) // a closed pipe surfaces as EPIPE from write
-
+        let session = live.session
+        let stops = StopConditions(live: live, duration: duration)
+        let probeCount = live.probes.count
         var counts = [UInt64](repeating: 0, count: probeCount)
         var lostReported = [UInt64](repeating: 0, count: probeCount)
         var total: UInt64 = 0
-        let start = monotonicNow()
-        let deadline = duration.map { start + UInt64($0 * 1e9) }
-        var nextLossCheck = start + Self.lossCheckNs
-        var stop: Stop?
+        var nextSlowCheck = monotonicNow() + Self.slowCheckNs
+        var stop: StopReason?
 
         func deliver(_ event: Event) throws {
             try writer.write(event)
@@ -64,7 +104,7 @@ struct TraceRunner {
             }
         }
 
-        func pump(timeoutMs: Int32) throws -> Stop? {
+        func pump(timeoutMs: Int32) throws -> StopReason? {
             do {
                 _ = try session.poll(timeoutMs: timeoutMs, deliver: deliver)
                 try writer.flush()
@@ -78,28 +118,19 @@ struct TraceRunner {
 
         do {
             while stop == nil {
-                if stopFlag[0] != 0 {
-                    stop = .signal(stopFlag[1])
-                } else if let status = command?.pollExit() {
-                    stop = .commandExited(status)
-                } else if let deadline, monotonicNow() >= deadline {
-                    stop = .duration
-                } else {
-                    stop = try pump(timeoutMs: Self.pollIntervalMs)
-                }
                 let now = monotonicNow()
-                if now >= nextLossCheck, stop != .outputClosed {
+                let slow = now >= nextSlowCheck
+                stop = stops.check(processToo: slow)
+                if stop == nil { stop = try pump(timeoutMs: Self.pollIntervalMs) }
+                if slow, stop != .outputClosed {
                     try reportLoss()
-                    nextLossCheck = now + Self.lossCheckNs
-                    if stop == nil, let tracedPid, ProcessState.hasExited(tracedPid) {
-                        stop = .processExited
-                    }
+                    nextSlowCheck = now + Self.slowCheckNs
                 }
             }
             // What the target produced before the stop still belongs to the trace.
             switch stop! {
             case .signal, .commandExited, .processExited, .duration:
-                if let late = try pump(timeoutMs: 0) { stop = late == .outputClosed ? late : stop }
+                if try pump(timeoutMs: 0) == .outputClosed { stop = .outputClosed }
             case .maxEvents, .outputClosed:
                 break
             }
@@ -109,12 +140,10 @@ struct TraceRunner {
             throw error
         }
 
+        // The last loss count is read while the maps still exist.
+        if stop! != .outputClosed { try reportLoss() }
         session.detach()
-        if case .processExited = stop! {
-            warn("pid \(tracedPid!) exited", prefix: false)
-        }
         if stop! != .outputClosed {
-            try reportLoss()
             let summary = TraceSummary(events: counts, lost: lostReported)
             do {
                 try writer.summary(summary)
@@ -123,18 +152,6 @@ struct TraceRunner {
             try summaryWriter?.summary(summary)
             try summaryWriter?.flush()
         }
-
-        guard let command else { return 0 }
-        switch stop! {
-        case .commandExited(let status):
-            return status
-        case .signal(let signo):
-            // Like perf: interrupting the trace ends the command it started.
-            command.signal(signo)
-            return command.waitForExit()
-        default:
-            return command.waitForExit()
-        }
+        return stops.exitStatus(after: stop!)
     }
 }
-

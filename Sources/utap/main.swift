@@ -11,12 +11,14 @@ struct Utap: ParsableCommand {
         Examples:
           utap trace 'libc:malloc size=arg0:u64' -- ./app
           utap trace -p 4242 'libc:write fd=arg0:s32 len=arg2:u64'
+          utap count --by-pid 'libc:malloc' 'libc:free'
+          utap latency 'libc:malloc' -- ./app
           utap list libc 'str*'
           utap doctor
 
         utap attaches uprobes and runs as root.
         """,
-        subcommands: [Trace.self, List.self, Doctor.self])
+        subcommands: [Trace.self, Count.self, Latency.self, List.self, Doctor.self])
 }
 
 /// ArgumentParser's messages, rephrased into utap's `WHAT: WHY` shape.

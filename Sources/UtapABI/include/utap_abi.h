@@ -58,6 +58,35 @@ enum utap_probe_flags {
     UTAP_PROBE_EMIT = 1,    /* send an event record */
     UTAP_PROBE_PUSH_TS = 2, /* entry: remember the entry time for a paired return probe */
     UTAP_PROBE_POP_TS = 4,  /* return: take the entry time back and report latency */
+    UTAP_PROBE_COUNT = 8,   /* add one to the probe's hit counter (utap count) */
+    UTAP_PROBE_BY_PID = 16, /* with COUNT: one counter per process, in `pid_counts` */
+    UTAP_PROBE_HIST = 32,   /* return: add the latency to the probe's histogram (utap latency) */
+};
+
+/*
+ * Latency histogram buckets: log-linear, UTAP_HIST_SUB buckets per power of two, so a
+ * percentile read from it is within 1/UTAP_HIST_SUB of its power of two. Bucket of v:
+ * v < UTAP_HIST_SUB: v itself; else with k = floor(log2 v):
+ * (k - UTAP_HIST_SUB_BITS + 1) * UTAP_HIST_SUB + ((v >> (k - UTAP_HIST_SUB_BITS)) & (UTAP_HIST_SUB - 1)).
+ */
+#define UTAP_HIST_SUB_BITS 2
+#define UTAP_HIST_SUB (1 << UTAP_HIST_SUB_BITS)
+/* A power of two so the verifier accepts a masked index; latencies reach only the first
+ * (64 - UTAP_HIST_SUB_BITS + 1) * UTAP_HIST_SUB = 252. */
+#define UTAP_HIST_BUCKETS (64 * UTAP_HIST_SUB)
+
+/* One probe's latencies on one CPU (`hists`, a per-CPU array indexed by probe). */
+struct utap_histogram {
+    __u64 count;
+    __u64 sum_ns;
+    __u64 max_ns;
+    __u64 buckets[UTAP_HIST_BUCKETS];
+};
+
+/* Key of `pid_counts`, the per-process hit counters of utap count --by-pid. */
+struct utap_pid_key {
+    __u32 probe;
+    __u32 pid;
 };
 
 /*

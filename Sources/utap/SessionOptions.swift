@@ -1,0 +1,135 @@
+import ArgumentParser
+import Glibc
+import UtapBPF
+import UtapCore
+import UtapOutput
+
+enum BackendChoice: String, ExpressibleByArgument, CaseIterable {
+    case auto, bpf, ptrace
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// The options trace, count and latency share: what to probe, where, and where to write.
+struct SessionOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "Trace only this process (all its threads).")
+    var pid: Int32?
+
+    @Option(help: "auto (bpf if usable, else ptrace), bpf or ptrace.")
+    var backend: BackendChoice = .auto
+
+    @Option(help: "text or json (JSON Lines).")
+    var format: OutputFormat = .text
+
+    @Option(name: .shortAndLong, help: "Write to FILE instead of stdout.")
+    var output: String?
+
+    @Option(help: "Stop after SECONDS.")
+    var duration: Double?
+
+    @Argument(help: "Probes, one per shell word.")
+    var probes: [String] = []
+
+    /// The words after `--`, split off before parsing (see main.swift): ArgumentParser
+    /// cannot put a terminator-delimited list after a variadic positional.
+    var command: [String] { CommandLineSplit.command }
+
+    /// Option checks, run first thing in `run` (not ArgumentParser's `validate`, which
+    /// would rewrap the error and drop its hint).
+    func check(_ subcommand: String) throws(UtapError) {
+        if probes.isEmpty {
+            throw .usage("\(subcommand): no PROBE given", hint: "e.g. utap \(subcommand) 'libc:malloc' -- ./app")
+        }
+        if CommandLineSplit.hasTerminator && command.isEmpty {
+            throw .usage("--: no command after it", hint: "give the program to start, e.g. -- ./app arg")
+        }
+        if pid != nil && !command.isEmpty {
+            throw .usage("-p and -- COMMAND: cannot be used together", hint: "trace a running process or start one")
+        }
+        try checkSeconds(duration, "--duration")
+    }
+
+    /// A year at most: deadlines must fit in nanoseconds.
+    func checkSeconds(_ value: Double?, _ option: String) throws(UtapError) {
+        if let value, !(value > 0 && value <= 366 * 86400) {
+            throw .usage("\(option) \(value): must be a number of seconds above 0, at most a year")
+        }
+    }
+
+    /// Parses and resolves the probes, starts the COMMAND held before exec, attaches, and
+    /// prints the status line. The caller releases the command once it is ready to read.
+    func start(mode: TraceMode, bufferBytes: Int = 8 << 20, fieldsAllowed: Bool = true) throws(UtapError) -> LiveSession {
+        let specs = try probes.map { (text: String) throws(UtapError) -> ProbeSpec in try ProbeParser.parse(text) }
+        if !fieldsAllowed, let spec = specs.first(where: { !$0.fields.isEmpty }) {
+            throw .usage("probe '\(spec.name)': fields are not recorded here", hint: "use utap trace to see argument values")
+        }
+        if let pid, pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH) {
+            throw .usage("pid \(pid): no such process")
+        }
+        let backend = try chooseBackend()
+        let launched = command.isEmpty ? nil : try LaunchedCommand(command)
+        do throws(UtapError) {
+            var resolver = ProbeResolver(pid: pid, executable: launched?.executable)
+            var resolved: [ResolvedProbe] = []
+            for spec in specs { resolved += try resolver.resolve(spec) }
+            resolver.warnings.forEach { warn($0) }
+            let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
+            let output = try openOutput()
+            let session = try backend.attach(TracePlan(probes: resolved, scope: scope, mode: mode, bufferBytes: bufferBytes))
+            let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
+            let n = resolved.count
+            warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backend.name). Ctrl-C to stop.", prefix: false)
+            return LiveSession(session: session, probes: resolved, output: output, command: launched, tracedPid: pid)
+        } catch {
+            launched?.abandon()
+            throw error
+        }
+    }
+
+    func chooseBackend() throws(UtapError) -> TracingBackend {
+        switch backend {
+        case .ptrace:
+            throw .usage("--backend ptrace: the ptrace backend is not available in this build yet", hint: "use --backend bpf")
+        case .bpf, .auto:
+            if !Capabilities.current().canUseBPF {
+                throw .runtime("cannot use the bpf backend: utap lacks CAP_BPF and CAP_PERFMON",
+                               hint: "run utap as root, e.g. 'sudo utap trace ...'")
+            }
+            return BPFBackend()
+        }
+    }
+
+    func openOutput() throws(UtapError) -> OutputBuffer {
+        guard let output else { return OutputBuffer(fd: STDOUT_FILENO, ownsFD: false) }
+        // O_NOFOLLOW: never write through a symlink planted where the file should be.
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw .runtime("cannot open output file '\(output)': \(String(cString: strerror(errno)))")
+        }
+        return OutputBuffer(fd: fd, ownsFD: true)
+    }
+}
+
+/// Attached probes and what goes with them, ready to run.
+struct LiveSession {
+    let session: TraceSession
+    let probes: [ResolvedProbe]
+    let output: OutputBuffer
+    let command: LaunchedCommand?
+    let tracedPid: Int32?
+
+    var descriptors: [ProbeDescriptor] { probes.map(\.descriptor) }
+}
+
+func warn(_ message: String, prefix: Bool = true) {
+    let line = (prefix ? "utap: warning: " : "") + message + "\n"
+    _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+}
+
+func monotonicNow() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
