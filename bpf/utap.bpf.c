@@ -94,11 +94,16 @@ struct {
     __type(value, struct pending_calls);
 } pending_zero SEC(".maps");
 
+/*
+ * Counters are per CPU, yet updated atomically: uprobe programs run with preemption
+ * enabled, so two threads on one CPU can interleave a plain load-add-store and lose a
+ * count. Counts must equal the target's own.
+ */
 static __always_inline void count_lost(__u32 slot)
 {
     __u64 *n = bpf_map_lookup_elem(&lost, &slot);
     if (n)
-        *n += 1;
+        __sync_fetch_and_add(n, 1);
 }
 
 /*
@@ -202,19 +207,23 @@ static __always_inline void count_hit(const struct utap_probe_config *cfg)
     if (cfg->flags & UTAP_PROBE_BY_PID) {
         struct utap_pid_key key = { .probe = cfg->probe, .pid = bpf_get_current_pid_tgid() >> 32 };
         __u64 *n = bpf_map_lookup_elem(&pid_counts, &key);
-        if (n) {
-            *n += 1;
-        } else {
-            __u64 one = 1;
-            if (bpf_map_update_elem(&pid_counts, &key, &one, BPF_NOEXIST))
-                count_lost(cfg->probe); /* table full (or a racing insert on this CPU) */
+        if (!n) {
+            /* Threads on two CPUs may both get here: whichever insert loses finds the
+             * winner's element on the second lookup. */
+            __u64 zero = 0;
+            bpf_map_update_elem(&pid_counts, &key, &zero, BPF_NOEXIST);
+            n = bpf_map_lookup_elem(&pid_counts, &key);
         }
+        if (n)
+            __sync_fetch_and_add(n, 1);
+        else
+            count_lost(cfg->probe); /* the table is full */
         return;
     }
     __u32 probe = cfg->probe;
     __u64 *n = bpf_map_lookup_elem(&counts, &probe);
     if (n)
-        *n += 1;
+        __sync_fetch_and_add(n, 1);
 }
 
 /* floor(log2(v)) for v > 0, by halving the search range: no loops for the verifier. */
@@ -241,9 +250,9 @@ static __always_inline void add_latency(const struct utap_probe_config *cfg, __u
         __u32 k = log2_u64(ns);
         bucket = (k - UTAP_HIST_SUB_BITS + 1) * UTAP_HIST_SUB + ((ns >> (k - UTAP_HIST_SUB_BITS)) & (UTAP_HIST_SUB - 1));
     }
-    h->buckets[bucket & (UTAP_HIST_BUCKETS - 1)] += 1;
-    h->count += 1;
-    h->sum_ns += ns;
+    __sync_fetch_and_add(&h->buckets[bucket & (UTAP_HIST_BUCKETS - 1)], 1);
+    __sync_fetch_and_add(&h->count, 1);
+    __sync_fetch_and_add(&h->sum_ns, ns);
     if (ns > h->max_ns)
         h->max_ns = ns;
 }

@@ -178,17 +178,20 @@ final class TraceTests: XCTestCase {
         XCTAssertEqual(r.summary?["lost"] as? Int, 0)
     }
 
-    func testSigintDetachesAndLeavesTheProcessRunning() throws {
+    func testSigintAndSigtermDetachAndLeaveTheProcessRunning() throws {
         let target = try Harness.WaitingTarget("forever", [])
         defer { target.kill() }
-        let utap = try Harness.Background(["trace", "-p", String(target.pid), "tick"])
         target.release()
-        usleep(200_000)
-        let r = utap.stop(SIGINT)
-        XCTAssertEqual(r.status, 0)
-        XCTAssertTrue(r.stderr.contains(" events, 0 lost"), r.stderr)
-        XCTAssertEqual(kill(target.pid, 0), 0, "the traced process survives utap")
-        XCTAssertGreaterThan(r.stdout.split(separator: "\n").filter { $0.contains("tick") }.count, 10)
+        for signo in [SIGINT, SIGTERM, SIGHUP] {
+            let utap = try Harness.Background(["trace", "-p", String(target.pid), "tick"])
+            usleep(200_000)
+            let r = utap.stop(signo)
+            XCTAssertEqual(r.status, 0, "signal \(signo)")
+            let ticks = r.stdout.split(separator: "\n").filter { $0.contains("tick") }.count
+            XCTAssertTrue(r.stderr.contains("utap: \(ticks) events, 0 lost"), r.stderr)
+            XCTAssertGreaterThan(ticks, 10)
+            XCTAssertEqual(kill(target.pid, 0), 0, "the traced process survives utap")
+        }
     }
 
     func testMaxEventsAndDuration() throws {
