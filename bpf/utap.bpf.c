@@ -62,7 +62,8 @@ struct {
 
 /* A record is assembled here, then copied into the ring buffer at its exact size. */
 struct scratch {
-    __u8 buf[UTAP_RECORD_MAX + UTAP_STR_MAX];
+    /* Room past UTAP_RECORD_MAX so a write at any masked offset is provably in bounds. */
+    __u8 buf[UTAP_RECORD_MAX + UTAP_STR_MAX + (8 + UTAP_BUILD_ID_FRAME_SIZE) * UTAP_STACK_MAX + 8];
 };
 
 struct {
@@ -174,7 +175,23 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
             e->values[i] = v;
         }
     }
-    /* At most 48 + 6 * (8 + UTAP_STR_MAX) bytes: the mask only convinces the verifier. */
+    if (cfg->flags & UTAP_PROBE_STACK) {
+        /* The kernel walks frame pointers; code built without them yields a short stack. */
+        off &= UTAP_RECORD_MAX - 1;
+        long bytes = bpf_get_stack(ctx, &s->buf[off], 8 * UTAP_STACK_MAX, BPF_F_USER_STACK);
+        __u64 frames = bytes > 0 ? (__u64)bytes / 8 : 0;
+        off += frames * 8;
+        off &= UTAP_RECORD_MAX - 1;
+        bytes = bpf_get_stack(ctx, &s->buf[off], UTAP_BUILD_ID_FRAME_SIZE * UTAP_STACK_MAX,
+                              BPF_F_USER_STACK | BPF_F_USER_BUILD_ID);
+        __u64 ids = bytes > 0 ? (__u64)bytes / UTAP_BUILD_ID_FRAME_SIZE : 0;
+        off += ids * UTAP_BUILD_ID_FRAME_SIZE;
+        off &= UTAP_RECORD_MAX - 1;
+        *(__u64 *)&s->buf[off] = frames | ids << 32;
+        off += 8;
+        e->flags |= UTAP_EVENT_STACK;
+    }
+    /* Every record is shorter than UTAP_RECORD_MAX: the mask only convinces the verifier. */
     off &= UTAP_RECORD_MAX - 1;
     e->size = off;
 

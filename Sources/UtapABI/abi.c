@@ -5,7 +5,9 @@
 _Static_assert(offsetof(struct utap_event, values) == UTAP_EVENT_HEADER_SIZE, "event header size");
 _Static_assert(sizeof(struct utap_probe_config) == 16 + 4 * UTAP_MAX_FIELDS, "probe config size");
 _Static_assert((UTAP_RECORD_MAX & (UTAP_RECORD_MAX - 1)) == 0, "record max is a power of two");
-_Static_assert(UTAP_EVENT_HEADER_SIZE + UTAP_MAX_FIELDS * (8 + UTAP_STR_MAX) < UTAP_RECORD_MAX, "largest record fits");
+_Static_assert(UTAP_EVENT_HEADER_SIZE + UTAP_MAX_FIELDS * (8 + UTAP_STR_MAX) +
+               (8 + UTAP_BUILD_ID_FRAME_SIZE) * UTAP_STACK_MAX + 8 < UTAP_RECORD_MAX,
+               "largest record fits");
 _Static_assert(offsetof(struct utap_event, latency_ns) == 8 && offsetof(struct utap_event, pid) == 16 &&
                offsetof(struct utap_event, tid) == 20 && offsetof(struct utap_event, probe) == 24 &&
                offsetof(struct utap_event, flags) == 30 && offsetof(struct utap_event, comm) == 32,

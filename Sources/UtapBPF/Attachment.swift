@@ -22,7 +22,7 @@ extension Attachment {
             var onReturn = probe.kind == .return
             switch plan.mode {
             case .stream:
-                config.flags = UInt32(UTAP_PROBE_EMIT.rawValue)
+                config.flags = UInt32(UTAP_PROBE_EMIT.rawValue) | (plan.userStacks ? UInt32(UTAP_PROBE_STACK.rawValue) : 0)
                 config.nfields = UInt32(probe.fields.count)
                 withUnsafeMutableBytes(of: &config.fields) { raw in
                     let fields = raw.bindMemory(to: utap_field_config.self)

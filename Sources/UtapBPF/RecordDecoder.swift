@@ -9,10 +9,12 @@ final class RecordDecoder {
     /// Probe i's field types are fieldTypes[fieldStart[i] ..< fieldStart[i + 1]].
     private let fieldStart: [Int]
     private let memory = ProcessMemory()
+    private let symbolizer: Symbolizer
 
     init(probes: [ResolvedProbe]) {
         fieldTypes = probes.flatMap { $0.fields.map(\.type) }
         fieldStart = probes.reduce(into: [0]) { $0.append($0.last! + $1.fields.count) }
+        symbolizer = Symbolizer(knownFiles: Array(Set(probes.map(\.path))).sorted())
     }
 
     func decode(_ record: UnsafeRawBufferPointer) -> Event {
@@ -36,9 +38,31 @@ final class RecordDecoder {
         let commBytes = record[32..<48]
         let comm = String(decoding: commBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
         let hasLatency = flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0
+        let hasStack = flags & UInt16(UTAP_EVENT_STACK.rawValue) != 0
         return Event(timestampNs: ts, pid: pid, tid: tid, comm: comm, probe: index,
                      kind: returned ? .return : .entry, fields: fields,
-                     latencyNs: hasLatency ? latency : nil)
+                     latencyNs: hasLatency ? latency : nil,
+                     stack: hasStack ? stack(record, pid: pid) : nil)
+    }
+
+    /// The user stack at the end of a record (layout in utap_abi.h), symbolized.
+    func stack(_ record: UnsafeRawBufferPointer, pid: Int32) -> [String] {
+        guard record.count >= Int(UTAP_EVENT_HEADER_SIZE) + 8 else { return [] }
+        let counts = record.loadUnaligned(fromByteOffset: record.count - 8, as: UInt64.self)
+        let frames = Int(counts & 0xffff_ffff), ids = Int(counts >> 32)
+        let idSize = Int(UTAP_BUILD_ID_FRAME_SIZE)
+        let start = record.count - 8 - 8 * frames - idSize * ids
+        guard frames <= Int(UTAP_STACK_MAX), ids <= Int(UTAP_STACK_MAX), start >= Int(UTAP_EVENT_HEADER_SIZE) else { return [] }
+        let addresses = (0..<frames).map { record.loadUnaligned(fromByteOffset: start + 8 * $0, as: UInt64.self) }
+        let idStart = start + 8 * frames
+        let buildIDs = (0..<ids).map { i -> BuildIDFrame in
+            let at = idStart + idSize * i
+            // struct bpf_stack_build_id: s32 status (1: build ID and offset valid), 20-byte ID, u64.
+            let status = record.loadUnaligned(fromByteOffset: at, as: Int32.self)
+            return BuildIDFrame(valid: status == 1, buildID: Array(record[(at + 4)..<(at + 24)]),
+                                fileOffset: record.loadUnaligned(fromByteOffset: at + 24, as: UInt64.self))
+        }
+        return symbolizer.frames(pid: pid, addresses: addresses, buildIDFrames: buildIDs)
     }
 
     /// Interprets a raw 64-bit value; for strings, `raw` is (offset << 32 | read result).

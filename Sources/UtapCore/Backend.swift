@@ -43,14 +43,17 @@ public struct TracePlan: Equatable, Sendable {
     public var probes: [ResolvedProbe]
     public var scope: TraceScope
     public var mode: TraceMode
+    /// Streamed events carry the user stack, symbolized (`--stack`).
+    public var userStacks: Bool
     /// Ring buffer bytes (bpf); a power of two.
     public var bufferBytes: Int
 
     public init(probes: [ResolvedProbe], scope: TraceScope, mode: TraceMode = .stream,
-                bufferBytes: Int = 32 << 20) {
+                userStacks: Bool = false, bufferBytes: Int = 32 << 20) {
         self.probes = probes
         self.scope = scope
         self.mode = mode
+        self.userStacks = userStacks
         self.bufferBytes = bufferBytes
     }
 }

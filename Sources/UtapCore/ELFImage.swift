@@ -59,6 +59,8 @@ public final class ELFImage: Sendable {
     public let runPaths: [String]
     /// Whether the file still has its full symbol table (is not stripped).
     public let hasSymtab: Bool
+    /// The GNU build ID note, empty when the file has none.
+    public let buildID: [UInt8]
 
     private let fd: Int32
     private let byName: [String: [ELFSymbol]]
@@ -76,6 +78,7 @@ public final class ELFImage: Sendable {
         needed = contents.needed
         runPaths = contents.runPaths
         hasSymtab = contents.hasSymtab
+        buildID = contents.buildID
         byName = Dictionary(grouping: contents.functions, by: \.name)
         sized = contents.functions.filter { $0.size > 0 }
         var running: UInt64 = 0
@@ -284,6 +287,25 @@ private struct Contents {
     var needed: [String] = []
     var runPaths: [String] = []
     var hasSymtab = false
+    var buildID: [UInt8] = []
+
+    /// NT_GNU_BUILD_ID from a note section, named "GNU".
+    mutating func readBuildID(_ data: UnsafeMutablePointer<Elf_Data>) {
+        guard let base = data.pointee.d_buf else { return }
+        var offset = 0
+        var note = GElf_Nhdr()
+        var nameOffset = 0, descOffset = 0
+        while true {
+            let next = gelf_getnote(data, offset, &note, &nameOffset, &descOffset)
+            if next == 0 { return }
+            if note.n_type == 3 /* NT_GNU_BUILD_ID */, note.n_namesz == 4,
+               memcmp(base + nameOffset, "GNU", 4) == 0 {
+                buildID = Array(UnsafeRawBufferPointer(start: base + descOffset, count: Int(note.n_descsz)))
+                return
+            }
+            offset = next
+        }
+    }
 
     private static let libelfReady: Bool = elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE)
 
@@ -326,6 +348,8 @@ private struct Contents {
                 versions = data
             case SHT_DYNAMIC:
                 contents.readDynamic(elf: elf, data: data, shdr: shdr)
+            case SHT_NOTE:
+                contents.readBuildID(data)
             default:
                 break
             }

@@ -60,7 +60,7 @@ struct SessionOptions: ParsableArguments {
 
     /// Parses and resolves the probes, starts the COMMAND held before exec, attaches, and
     /// prints the status line. The caller releases the command once it is ready to read.
-    func start(mode: TraceMode, bufferBytes: Int = 8 << 20, fieldsAllowed: Bool = true) throws(UtapError) -> LiveSession {
+    func start(mode: TraceMode, userStacks: Bool = false, bufferBytes: Int, fieldsAllowed: Bool = true) throws(UtapError) -> LiveSession {
         let specs = try probes.map { (text: String) throws(UtapError) -> ProbeSpec in try ProbeParser.parse(text) }
         if !fieldsAllowed, let spec = specs.first(where: { !$0.fields.isEmpty }) {
             throw .usage("probe '\(spec.name)': fields are not recorded here", hint: "use utap trace to see argument values")
@@ -77,7 +77,8 @@ struct SessionOptions: ParsableArguments {
             resolver.warnings.forEach { warn($0) }
             let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
             let output = try openOutput()
-            let session = try backend.attach(TracePlan(probes: resolved, scope: scope, mode: mode, bufferBytes: bufferBytes))
+            let session = try backend.attach(TracePlan(probes: resolved, scope: scope, mode: mode, userStacks: userStacks,
+                                                       bufferBytes: bufferBytes))
             let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
             let n = resolved.count
             warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backend.name). Ctrl-C to stop.", prefix: false)

@@ -34,6 +34,9 @@ struct Trace: ParsableCommand {
 
     @OptionGroup var options: SessionOptions
 
+    @Flag(help: "Add the user stack to each event, symbolized (walked by frame pointers).")
+    var stack = false
+
     @Option(help: "Stop after N events.")
     var maxEvents: UInt64?
 
@@ -48,7 +51,7 @@ struct Trace: ParsableCommand {
         if bufferMb <= 0 || bufferMb & (bufferMb - 1) != 0 || bufferMb > 1024 {
             throw UtapError.usage("--buffer-mb \(bufferMb): must be a power of two from 1 to 1024")
         }
-        let live = try options.start(mode: .stream, bufferBytes: bufferMb << 20)
+        let live = try options.start(mode: .stream, userStacks: stack, bufferBytes: bufferMb << 20)
         let descriptors = live.descriptors
         let stderrBuffer = OutputBuffer(fd: STDERR_FILENO, ownsFD: false)
         let writer: EventWriter = options.format == .json

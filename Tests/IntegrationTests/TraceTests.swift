@@ -256,6 +256,37 @@ final class TraceTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("utap: \(out.events("add2").count) events, \(lostInStream) lost"), r.stderr)
     }
 
+    /// fib keeps frame pointers; it exits before its events are read, so its frames are
+    /// named through the build IDs and file offsets the kernel recorded.
+    func testStacksNameTheCallerChainAfterTheProcessExited() throws {
+        let r = try trace(["fib n=arg0:s32"], "fib", ["4"], options: ["--format", "json", "--stack"])
+        let fib = Harness.target("fib")
+        let stacks = r.events("fib").map { $0["stack"] as? [String] ?? [] }
+        XCTAssertEqual(r.events("fib").map { $0.int("n")! }, [4, 3, 2, 1, 0, 1, 2, 1, 0])
+        // Call depth of each call of fib(4), in call order.
+        let depths = stacks.map { $0.prefix { $0.contains(" fib+0x") }.count }
+        XCTAssertEqual(depths, [1, 2, 3, 4, 4, 3, 2, 3, 3], "\(stacks)")
+        for stack in stacks {
+            XCTAssertTrue(stack[0].hasSuffix(" fib+0x0 (\(fib))"), stack[0])
+            let caller = stack[stack.prefix { $0.contains(" fib+0x") }.count]
+            XCTAssertTrue(caller.contains(" main+0x") && caller.hasSuffix("(\(fib))"), caller)
+            XCTAssertTrue(stack.allSatisfy { $0.hasPrefix("0x") })
+        }
+    }
+
+    func testStacksOfARunningProcessUseItsMappings() throws {
+        let target = try Harness.WaitingTarget("forever", [])
+        defer { target.kill() }
+        target.release()
+        let r = try Harness.utap(["trace", "--format", "json", "--stack", "--max-events", "3", "-p", String(target.pid), "tick"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let stacks = r.events("tick").map { $0["stack"] as? [String] ?? [] }
+        XCTAssertEqual(stacks.count, 3)
+        for stack in stacks {
+            XCTAssertTrue(stack.first?.hasSuffix(" tick+0x0 (\(Harness.target("forever")))") == true, "\(stack)")
+        }
+    }
+
     func testIFuncResolvesToTheImplementationInUse() throws {
         let r = try trace(["libc:strlen s=arg0:str"], "args_pie")
         let seen = r.events("libc:strlen").compactMap { $0.field("s") as? String }

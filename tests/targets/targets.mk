@@ -25,6 +25,8 @@ TARGETS_FLAGS_args_O0     := -O0 -fcf-protection=none
 TARGETS_FLAGS_args_clang  := -O2 -fcf-protection=full
 TARGETS_FLAGS_threads     := -O2 -g -pthread -fcf-protection=full
 TARGETS_FLAGS_default     := -O2 -g
+# fib keeps frame pointers: --stack tests walk its recursion (the kernel unwinds by them).
+TARGETS_FLAGS_fib         := -O2 -g -fno-omit-frame-pointer
 
 TARGETS_SIMPLE := sleeper demo fib forever
 
@@ -91,4 +93,4 @@ $(TARGETS_OUT)/uselib: $(TARGETS_SRC)/uselib.c $(TARGETS_DEPS) \
 
 $(addprefix $(TARGETS_OUT)/,$(TARGETS_SIMPLE)): \
 		$(TARGETS_OUT)/%: $(TARGETS_SRC)/%.c $(TARGETS_DEPS) | $(TARGETS_OUT)
-	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_default) -o $@ $<
+	$(TARGETS_CC) $(TARGETS_WARN) $(or $(TARGETS_FLAGS_$*),$(TARGETS_FLAGS_default)) -o $@ $<

@@ -25,8 +25,10 @@ typedef int32_t __s32;
  * string of exactly the limit from a longer one, and the NUL.
  */
 #define UTAP_STR_MAX 257
-/* Longest record: header, values, and every string field at its maximum. Power of two. */
-#define UTAP_RECORD_MAX 2048
+/* Longest record: header, values, every string field at its maximum, a user stack. Power of two. */
+#define UTAP_RECORD_MAX 8192
+/* User stack frames kept per event (--stack). */
+#define UTAP_STACK_MAX 64
 /* Pending entry timestamps kept per thread: the kernel's own uretprobe nesting limit. */
 #define UTAP_MAX_DEPTH 64
 
@@ -61,6 +63,7 @@ enum utap_probe_flags {
     UTAP_PROBE_COUNT = 8,   /* add one to the probe's hit counter (utap count) */
     UTAP_PROBE_BY_PID = 16, /* with COUNT: one counter per process, in `pid_counts` */
     UTAP_PROBE_HIST = 32,   /* return: add the latency to the probe's histogram (utap latency) */
+    UTAP_PROBE_STACK = 64,  /* with EMIT: append the user stack to the record */
 };
 
 /*
@@ -107,6 +110,7 @@ struct utap_probe_config {
 enum utap_event_flags {
     UTAP_EVENT_RETURN = 1,  /* fired on return */
     UTAP_EVENT_LATENCY = 2, /* latency_ns is valid */
+    UTAP_EVENT_STACK = 4,   /* the record ends with a user stack, see below */
 };
 
 /*
@@ -130,5 +134,13 @@ struct utap_event {
 };
 
 #define UTAP_EVENT_HEADER_SIZE 48 /* offsetof(struct utap_event, values) */
+
+/*
+ * A user stack (UTAP_EVENT_STACK) ends the record: N addresses (8 bytes each), then M
+ * struct bpf_stack_build_id entries (32 bytes: status, build ID, file offset) for the same
+ * frames, then N | M << 32 as a __u64. The build IDs and file offsets let frames be
+ * symbolized after the process is gone, when its mappings can no longer be read.
+ */
+#define UTAP_BUILD_ID_FRAME_SIZE 32
 
 #endif

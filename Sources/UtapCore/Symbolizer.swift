@@ -1,0 +1,103 @@
+/// One frame as the kernel resolved it at the hit: the file's build ID and the offset in
+/// that file, when it could (`valid`).
+public struct BuildIDFrame: Equatable, Sendable {
+    public var valid: Bool
+    public var buildID: [UInt8]
+    public var fileOffset: UInt64
+
+    public init(valid: Bool, buildID: [UInt8], fileOffset: UInt64) {
+        self.valid = valid
+        self.buildID = buildID
+        self.fileOffset = fileOffset
+    }
+}
+
+/// Turns user-space addresses of traced processes into `0xADDR symbol+0xOFF (path)`.
+///
+/// A process's mappings are read the first time one of its addresses is seen and kept,
+/// and read again only when an address falls outside every known mapping (a library
+/// loaded later). A process that exited before its events were read has no mappings
+/// left: then the build ID and file offset the kernel recorded at the hit name the file,
+/// found among the files utap was told of and their libraries. ELF files are parsed
+/// once per path.
+public final class Symbolizer {
+    private var maps: [Int32: [MapEntry]] = [:]
+    private var images: [String: ELFImage?] = [:]
+    private let knownFiles: [String]
+    private var byBuildID: [[UInt8]: String]?
+
+    /// `knownFiles`: the files probed (their DT_NEEDED libraries are searched too).
+    public init(knownFiles: [String]) {
+        self.knownFiles = knownFiles.map { $0.hasPrefix("/") ? $0 : currentDirectory() + "/" + $0 }
+    }
+
+    /// `addresses[0]` is the probed instruction; later frames are return addresses,
+    /// looked up one byte earlier so a call at a function's very end names the caller.
+    public func frames(pid: Int32, addresses: [UInt64], buildIDFrames: [BuildIDFrame]) -> [String] {
+        addresses.enumerated().map { index, address in
+            let back: UInt64 = index == 0 ? 0 : 1
+            let hex = "0x" + String(address, radix: 16)
+            if let mapping = mapping(pid: pid, containing: address &- back) {
+                let where_ = symbol(in: mapping.path, pid: pid, fileOffset: address &- back - mapping.start + mapping.offset, back: back)
+                return "\(hex) \(where_ ?? "[unknown]") (\(mapping.path))"
+            }
+            if index < buildIDFrames.count, buildIDFrames[index].valid, let path = file(withBuildID: buildIDFrames[index].buildID) {
+                let where_ = symbol(in: path, pid: pid, fileOffset: buildIDFrames[index].fileOffset &- back, back: back)
+                return "\(hex) \(where_ ?? "[unknown]") (\(path))"
+            }
+            return hex + " [unknown]"
+        }
+    }
+
+    /// `function+0xOFF` for a file offset, with the offset of the frame's own address.
+    private func symbol(in path: String, pid: Int32, fileOffset: UInt64, back: UInt64) -> String? {
+        guard let image = image(path, pid: pid),
+              let segment = image.segments.first(where: { fileOffset >= $0.fileOffset && fileOffset < $0.fileOffset + $0.fileSize })
+        else { return nil }
+        let virtual = fileOffset - segment.fileOffset + segment.virtualAddress
+        guard let function = image.enclosingFunction(of: virtual) else { return nil }
+        return "\(function.name)+0x\(String(virtual - function.address + back, radix: 16))"
+    }
+
+    private func mapping(pid: Int32, containing address: UInt64) -> MapEntry? {
+        func find(_ entries: [MapEntry]) -> MapEntry? {
+            entries.first { address >= $0.start && address < $0.end && $0.path.hasPrefix("/") }
+        }
+        if let known = maps[pid], let hit = find(known) { return hit }
+        guard let fresh = try? ProcMaps.read(pid: pid) else { return nil }
+        maps[pid] = fresh
+        return find(fresh)
+    }
+
+    private func image(_ path: String, pid: Int32?) -> ELFImage? {
+        if let cached = images[path] { return cached }
+        // The process's own view of the file, across mount namespaces, while it runs.
+        let image = pid.flatMap { try? ELFImage.open("/proc/\($0)/root" + path) } ?? (try? ELFImage.open(path))
+        images[path] = image
+        return image
+    }
+
+    private func file(withBuildID id: [UInt8]) -> String? {
+        if byBuildID == nil {
+            var index: [[UInt8]: String] = [:]
+            for path in knownFiles {
+                guard let image = image(path, pid: nil) else { continue }
+                index[Self.kernelForm(image.buildID)] = path
+                for library in image.needed {
+                    if let found = try? LibraryResolver.resolve(library, pid: nil, executable: path),
+                       let dependency = self.image(found, pid: nil) {
+                        index[Self.kernelForm(dependency.buildID)] = found
+                    }
+                }
+            }
+            index[Self.kernelForm([])] = nil
+            byBuildID = index
+        }
+        return byBuildID?[id]
+    }
+
+    /// The kernel reports build IDs in 20 bytes, zero-padded.
+    static func kernelForm(_ id: [UInt8]) -> [UInt8] {
+        Array((id + [UInt8](repeating: 0, count: 20)).prefix(20))
+    }
+}
