@@ -62,6 +62,8 @@ struct {
 
 /* A record is assembled here, then copied into the ring buffer at its exact size. */
 struct scratch {
+    /* A copy of struct pt_regs, for fields naming any register (USDT arguments). */
+    __u64 pt_regs[UTAP_PT_REGS_SLOTS + 3];
     /* Room past UTAP_RECORD_MAX so a write at any masked offset is provably in bounds. */
     __u8 buf[UTAP_RECORD_MAX + UTAP_STR_MAX + (8 + UTAP_BUILD_ID_FRAME_SIZE) * UTAP_STACK_MAX + 8];
 };
@@ -123,6 +125,32 @@ static __always_inline void load_sources(struct pt_regs *ctx, __u64 regs[8])
     regs[7] = 0;
 }
 
+/* A field's raw 64-bit value (utap_abi.h, enum utap_location). */
+static __always_inline __u64 read_location(const struct utap_field_config *f, __u64 regs[8], __u64 *pt_regs)
+{
+    __u64 v = 0;
+    switch (f->location) {
+    case UTAP_LOC_SOURCE:
+        return regs[f->source & 7];
+    case UTAP_LOC_REGISTER:
+        return pt_regs[f->reg < UTAP_PT_REGS_SLOTS ? f->reg : 0];
+    case UTAP_LOC_MEMORY: {
+        __u64 address = pt_regs[f->reg < UTAP_PT_REGS_SLOTS ? f->reg : 0] + f->value;
+        __u32 size = f->size;
+        if (size > 8)
+            size = 8;
+        /* Little-endian: the low bytes of v receive the value; the decoder narrows it. */
+        if (bpf_probe_read_user(&v, size, (const void *)address))
+            v = 0;
+        return v;
+    }
+    case UTAP_LOC_CONSTANT:
+        return f->value;
+    default:
+        return 0;
+    }
+}
+
 static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_config *cfg,
                                  __u64 now, __u64 latency, __u16 flags)
 {
@@ -139,6 +167,8 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
     __u64 regs[8];
 
     load_sources(ctx, regs);
+    if (cfg->flags & UTAP_PROBE_ALL_REGS)
+        bpf_probe_read_kernel(s->pt_regs, 8 * UTAP_PT_REGS_SLOTS, ctx);
 
     e->ts_ns = now;
     e->latency_ns = latency;
@@ -153,7 +183,7 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
         if (i >= nfields)
             break;
         const struct utap_field_config *f = &cfg->fields[i];
-        __u64 v = regs[f->source & 7];
+        __u64 v = read_location(f, regs, s->pt_regs);
         if (f->kind == UTAP_FIELD_STR) {
             __u32 len = f->str_len;
             if (len > UTAP_STR_MAX)

@@ -80,8 +80,8 @@ struct uprobe_multi_attr {
 };
 
 int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *offsets,
-                           const unsigned long long *cookies, unsigned int cnt, int retprobe,
-                           int pid)
+                           const unsigned long *ref_ctr_offsets, const unsigned long long *cookies,
+                           unsigned int cnt, int retprobe, int pid)
 {
     struct uprobe_multi_attr attr;
     memset(&attr, 0, sizeof(attr));
@@ -89,6 +89,7 @@ int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *o
     attr.attach_type = UTAP_BPF_TRACE_UPROBE_MULTI;
     attr.path = (__u64)(unsigned long)path;
     attr.offsets = (__u64)(unsigned long)offsets;
+    attr.ref_ctr_offsets = (__u64)(unsigned long)ref_ctr_offsets;
     attr.cookies = (__u64)(unsigned long)cookies;
     attr.cnt = cnt;
     attr.multi_flags = retprobe ? 1 /* BPF_F_UPROBE_MULTI_RETURN */ : 0;

@@ -3,7 +3,8 @@
 #include "utap_abi.h"
 
 _Static_assert(offsetof(struct utap_event, values) == UTAP_EVENT_HEADER_SIZE, "event header size");
-_Static_assert(sizeof(struct utap_probe_config) == 16 + 4 * UTAP_MAX_FIELDS, "probe config size");
+_Static_assert(sizeof(struct utap_field_config) == 16, "field config size");
+_Static_assert(sizeof(struct utap_probe_config) == 16 + 16 * UTAP_MAX_FIELDS, "probe config size");
 _Static_assert((UTAP_RECORD_MAX & (UTAP_RECORD_MAX - 1)) == 0, "record max is a power of two");
 _Static_assert(UTAP_EVENT_HEADER_SIZE + UTAP_MAX_FIELDS * (8 + UTAP_STR_MAX) +
                (8 + UTAP_BUILD_ID_FRAME_SIZE) * UTAP_STACK_MAX + 8 < UTAP_RECORD_MAX,

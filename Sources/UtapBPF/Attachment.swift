@@ -6,6 +6,7 @@ struct Attachment {
     var probe: Int
     var path: String
     var fileOffset: UInt64
+    var semaphoreOffset: UInt64?
     var isReturn: Bool
     var config: utap_probe_config
 }
@@ -23,6 +24,7 @@ extension Attachment {
             switch plan.mode {
             case .stream:
                 config.flags = UInt32(UTAP_PROBE_EMIT.rawValue) | (plan.userStacks ? UInt32(UTAP_PROBE_STACK.rawValue) : 0)
+                    | (needsAllRegisters(probe.fields) ? UInt32(UTAP_PROBE_ALL_REGS.rawValue) : 0)
                 config.nfields = UInt32(probe.fields.count)
                 withUnsafeMutableBytes(of: &config.fields) { raw in
                     let fields = raw.bindMemory(to: utap_field_config.self)
@@ -43,9 +45,11 @@ extension Attachment {
                 var push = utap_probe_config()
                 push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue)
                 push.probe = UInt32(index)
-                result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: false, config: push))
+                result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
+                                         semaphoreOffset: probe.semaphoreOffset, isReturn: false, config: push))
             }
-            result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset, isReturn: onReturn, config: config))
+            result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
+                                     semaphoreOffset: probe.semaphoreOffset, isReturn: onReturn, config: config))
         }
         return result
     }
@@ -53,8 +57,21 @@ extension Attachment {
     static func fieldConfig(_ field: FieldSpec) -> utap_field_config {
         var c = utap_field_config()
         switch field.source {
-        case .arg(let n): c.source = UInt8(n)
-        case .ret: c.source = UInt8(UTAP_SRC_RET.rawValue)
+        case .arg(let n):
+            c.source = UInt8(n)
+        case .ret:
+            c.source = UInt8(UTAP_SRC_RET.rawValue)
+        case .location(.register(let register)):
+            c.location = UInt8(UTAP_LOC_REGISTER.rawValue)
+            c.reg = UInt8(register.rawValue)
+        case .location(.memory(let base, let displacement, let size)):
+            c.location = UInt8(UTAP_LOC_MEMORY.rawValue)
+            c.reg = UInt8(base.rawValue)
+            c.value = displacement
+            c.size = UInt8(size)
+        case .location(.constant(let value)):
+            c.location = UInt8(UTAP_LOC_CONSTANT.rawValue)
+            c.value = value
         }
         if case .string(let maxLength) = field.type {
             c.kind = UInt8(UTAP_FIELD_STR.rawValue)
@@ -63,5 +80,15 @@ extension Attachment {
             c.kind = UInt8(UTAP_FIELD_INT.rawValue)
         }
         return c
+    }
+
+    /// Whether a field reads a register outside the argument set (the BPF side then
+    /// copies all of struct pt_regs).
+    static func needsAllRegisters(_ fields: [FieldSpec]) -> Bool {
+        fields.contains {
+            if case .location(.constant) = $0.source { return false }
+            if case .location = $0.source { return true }
+            return false
+        }
     }
 }

@@ -136,6 +136,7 @@ final class BPFSession: TraceSession {
             opts.sz = MemoryLayout<bpf_uprobe_opts>.size
             opts.bpf_cookie = UInt64(cookie)
             opts.retprobe = attachment.isReturn
+            opts.ref_ctr_offset = Int(attachment.semaphoreOffset ?? 0)
             let link = bpf_program__attach_uprobe_opts(attachment.isReturn ? ret : entry, targetPid,
                                                       attachment.path, Int(attachment.fileOffset), &opts)
             guard let link, libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
@@ -161,8 +162,9 @@ final class BPFSession: TraceSession {
             let cookies = groups[key]!
             let first = attachments[cookies[0]]
             let offsets = cookies.map { UInt(attachments[$0].fileOffset) }
+            let semaphores = cookies.map { UInt(attachments[$0].semaphoreOffset ?? 0) }
             let cookieValues = cookies.map { UInt64($0) }
-            let fd = utap_uprobe_multi_link(first.isReturn ? ret : entry, first.path, offsets, cookieValues,
+            let fd = utap_uprobe_multi_link(first.isReturn ? ret : entry, first.path, offsets, semaphores, cookieValues,
                                             UInt32(cookies.count), first.isReturn ? 1 : 0, targetPid)
             guard fd >= 0 else {
                 let probes = Set(cookies.map { plan.probes[attachments[$0].probe].name }).sorted()

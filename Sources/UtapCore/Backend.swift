@@ -13,9 +13,12 @@ public struct ResolvedProbe: Equatable, Sendable {
     public var address: UInt64
     /// Offset of the probe site in the file: what the kernel's uprobe API takes.
     public var fileOffset: UInt64
+    /// A USDT semaphore's file offset: the kernel counts attached probes there, so code
+    /// guarded by it runs only while traced.
+    public var semaphoreOffset: UInt64?
 
     public init(name: String, kind: ProbeKind, fields: [FieldSpec], path: String, function: String?,
-                address: UInt64, fileOffset: UInt64) {
+                address: UInt64, fileOffset: UInt64, semaphoreOffset: UInt64? = nil) {
         self.name = name
         self.kind = kind
         self.fields = fields
@@ -23,6 +26,7 @@ public struct ResolvedProbe: Equatable, Sendable {
         self.function = function
         self.address = address
         self.fileOffset = fileOffset
+        self.semaphoreOffset = semaphoreOffset
     }
 
     public var descriptor: ProbeDescriptor {

@@ -42,6 +42,8 @@ public struct ProbeResolver {
             }
         case .address(let address):
             return [try addressSite(spec, image: image, address: address)]
+        case .usdt(let provider, let name):
+            return try resolveUSDT(spec, provider: provider, name: name, path: path)
         }
     }
 

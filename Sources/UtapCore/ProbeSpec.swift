@@ -22,15 +22,62 @@ public enum FieldType: Equatable, Sendable {
 
 /// Where a field's value is taken from.
 public enum FieldSource: Equatable, Sendable, CustomStringConvertible {
-    /// Integer argument register N (System V: rdi, rsi, rdx, rcx, r8, r9).
+    /// Integer argument register N (System V: rdi, rsi, rdx, rcx, r8, r9); for a USDT
+    /// probe, its argument N.
     case arg(Int)
     /// The return value (rax); only on return probes.
     case ret
+    /// A resolved location (a USDT argument's register, memory operand or constant).
+    case location(ValueLocation)
 
     public var description: String {
         switch self {
         case .arg(let n): return "arg\(n)"
         case .ret: return "ret"
+        case .location(let l): return "\(l)"
+        }
+    }
+}
+
+/// A register of struct pt_regs (x86-64), by its 8-byte slot in the kernel's layout.
+public enum Register: Int, CaseIterable, Sendable {
+    case r15 = 0, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, origRax, rip, cs, eflags, rsp, ss
+
+    /// The 64-bit register behind an AT&T register name of any width (`%eax`, `%r12d`, `%dil`).
+    public init?(gasName: String) {
+        let name = gasName.hasPrefix("%") ? String(gasName.dropFirst()) : gasName
+        let legacy: [String: Register] = [
+            "rax": .rax, "eax": .rax, "ax": .rax, "al": .rax, "rbx": .rbx, "ebx": .rbx, "bx": .rbx, "bl": .rbx,
+            "rcx": .rcx, "ecx": .rcx, "cx": .rcx, "cl": .rcx, "rdx": .rdx, "edx": .rdx, "dx": .rdx, "dl": .rdx,
+            "rsi": .rsi, "esi": .rsi, "si": .rsi, "sil": .rsi, "rdi": .rdi, "edi": .rdi, "di": .rdi, "dil": .rdi,
+            "rbp": .rbp, "ebp": .rbp, "bp": .rbp, "bpl": .rbp, "rsp": .rsp, "esp": .rsp, "sp": .rsp, "spl": .rsp,
+            "rip": .rip,
+        ]
+        if let r = legacy[name] {
+            self = r
+            return
+        }
+        // r8..r15 with an optional d/w/b width suffix.
+        var digits = Substring(name.dropFirst())
+        if let last = digits.last, "dwb".contains(last) { digits = digits.dropLast() }
+        let numbered: [Int: Register] = [8: .r8, 9: .r9, 10: .r10, 11: .r11, 12: .r12, 13: .r13, 14: .r14, 15: .r15]
+        guard name.hasPrefix("r"), let n = Int(digits), let r = numbered[n] else { return nil }
+        self = r
+    }
+}
+
+/// Where a value lives at a probe site, beyond the calling convention's argN/ret.
+public enum ValueLocation: Equatable, Sendable, CustomStringConvertible {
+    case register(Register)
+    /// `size` bytes at register + displacement.
+    case memory(base: Register, displacement: Int64, size: Int)
+    case constant(Int64)
+
+    public var description: String {
+        switch self {
+        case .register(let r): return "%\(r)"
+        case .memory(let base, let displacement, _): return "\(displacement)(%\(base))"
+        case .constant(let value): return "$\(value)"
         }
     }
 }
@@ -40,11 +87,14 @@ public struct FieldSpec: Equatable, Sendable {
     public var name: String
     public var source: FieldSource
     public var type: FieldType
+    /// The probe text gave no TYPE (a USDT argument then takes its own size and sign).
+    public var typeIsDefault: Bool
 
-    public init(name: String, source: FieldSource, type: FieldType) {
+    public init(name: String, source: FieldSource, type: FieldType, typeIsDefault: Bool = false) {
         self.name = name
         self.source = source
         self.type = type
+        self.typeIsDefault = typeIsDefault
     }
 }
 
@@ -55,6 +105,8 @@ public enum ProbeLocation: Equatable, Sendable {
     case symbolOffset(String, UInt64)
     /// An ELF virtual address of the target file.
     case address(UInt64)
+    /// A USDT probe (`usdt:TARGET:PROVIDER:NAME`).
+    case usdt(provider: String, name: String)
 }
 
 /// A parsed probe, before anything is resolved against files or processes.
@@ -86,7 +138,7 @@ public enum ProbeParser {
             throw .usage("probe '\(text)': empty probe", hint: "write a probe as [TARGET:]SYMBOL[%return] [FIELD...], e.g. 'libc:malloc size=arg0:u64'")
         }
         if head.hasPrefix("usdt:") {
-            throw .usage("probe '\(head)': USDT probes are not supported yet")
+            return try parseUSDT(head, fields: Array(words.dropFirst()))
         }
         var location = head
         var kind = ProbeKind.entry
@@ -122,6 +174,27 @@ public enum ProbeParser {
             throw .usage("probe '\(head)': at most 6 fields per probe, got \(fields.count)")
         }
         return ProbeSpec(name: head, target: target, location: parsedLocation, kind: kind, fields: fields)
+    }
+
+    /// `usdt:TARGET:PROVIDER:NAME`, fields naming the probe's arguments arg0..arg11.
+    static func parseUSDT(_ head: String, fields words: [String]) throws(UtapError) -> ProbeSpec {
+        let parts = head.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 4, parts.dropFirst().allSatisfy({ !$0.isEmpty }) else {
+            throw .usage("probe '\(head)': not usdt:TARGET:PROVIDER:NAME", hint: "e.g. usdt:/usr/bin/python3.11:python:function__entry")
+        }
+        var fields: [FieldSpec] = []
+        for word in words {
+            let field = try parseField(word, probe: head, kind: .entry, maxArgument: 11)
+            if fields.contains(where: { $0.name == field.name }) {
+                throw .usage("probe '\(head)': field name '\(field.name)' used twice", hint: "name fields apart, e.g. a=arg0 b=arg0:x")
+            }
+            fields.append(field)
+        }
+        if fields.count > 6 {
+            throw .usage("probe '\(head)': at most 6 fields per probe, got \(fields.count)")
+        }
+        return ProbeSpec(name: head, target: parts[1], location: .usdt(provider: parts[2], name: parts[3]),
+                         kind: .entry, fields: fields)
     }
 
     /// The first ':' that is not half of a C++ scope operator `::`.
@@ -178,7 +251,7 @@ public enum ProbeParser {
         return UInt64(text, radix: radix)
     }
 
-    static func parseField(_ word: String, probe: String, kind: ProbeKind) throws(UtapError) -> FieldSpec {
+    static func parseField(_ word: String, probe: String, kind: ProbeKind, maxArgument: Int = 5) throws(UtapError) -> FieldSpec {
         var rest = Substring(word)
         var name: String?
         if let eq = rest.firstIndex(of: "=") {
@@ -198,10 +271,11 @@ public enum ProbeParser {
         let source: FieldSource
         if rest == "ret" {
             source = .ret
-        } else if rest.hasPrefix("arg"), let n = Int(rest.dropFirst(3)), (0...5).contains(n), rest.count == 4 {
-            source = .arg(n)
+        } else if rest.hasPrefix("arg"), let n = unsigned(rest.dropFirst(3), radix: 10), n <= maxArgument,
+                  rest.count == (n < 10 ? 4 : 5) {
+            source = .arg(Int(n))
         } else {
-            throw .usage("probe '\(probe)': unknown field source '\(rest)' in '\(word)'", hint: "sources are arg0..arg5 and ret")
+            throw .usage("probe '\(probe)': unknown field source '\(rest)' in '\(word)'", hint: "sources are arg0..arg\(maxArgument) and ret")
         }
         if source == .ret && kind == .entry {
             throw .usage("probe '\(probe)': 'ret' is only available on return probes", hint: "add %return to the probe: '\(probe)%return ret'")
@@ -210,7 +284,7 @@ public enum ProbeParser {
             throw .usage("probe '\(probe)': '\(source)' is not available on a return probe (argument registers are overwritten by then)", hint: "record it on the entry probe '\(probe.dropLast("%return".count)) \(word)'")
         }
         let type = try typeText.map { (t: Substring) throws(UtapError) -> FieldType in try parseType(t, probe: probe) } ?? .s64
-        return FieldSpec(name: name ?? source.description, source: source, type: type)
+        return FieldSpec(name: name ?? source.description, source: source, type: type, typeIsDefault: typeText == nil)
     }
 
     static func isIdentifier(_ s: Substring) -> Bool {

@@ -104,8 +104,10 @@ struct SessionOptions: ParsableArguments {
 
     func openOutput() throws(UtapError) -> OutputBuffer {
         guard let output else { return OutputBuffer(fd: STDOUT_FILENO, ownsFD: false) }
-        // O_NOFOLLOW: never write through a symlink planted where the file should be.
-        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        // O_NOFOLLOW: never write through a symlink planted where the file should be. The
+        // system's own links (/dev/stdout, /proc/self/fd/N) are followed.
+        let systemLink = output.hasPrefix("/dev/") || output.hasPrefix("/proc/")
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | (systemLink ? 0 : O_NOFOLLOW), 0o644)
         guard fd >= 0 else {
             throw .runtime("cannot open output file '\(output)': \(String(cString: strerror(errno)))")
         }

@@ -107,7 +107,7 @@ final class ProbeParserTests: XCTestCase {
 
     func testFieldForms() {
         check([
-            Valid("foo arg0", spec("foo", .symbol("foo"), fields: [FieldSpec(name: "arg0", source: .arg(0), type: .s64)])),
+            Valid("foo arg0", spec("foo", .symbol("foo"), fields: [FieldSpec(name: "arg0", source: .arg(0), type: .s64, typeIsDefault: true)])),
             Valid("libc:malloc size=arg0:u64",
                   spec("libc:malloc", target: "libc", .symbol("malloc"),
                        fields: [FieldSpec(name: "size", source: .arg(0), type: .u64)])),
@@ -115,17 +115,17 @@ final class ProbeParserTests: XCTestCase {
                   spec("libc:malloc%return", target: "libc", .symbol("malloc"), .return,
                        fields: [FieldSpec(name: "ret", source: .ret, type: .hex)])),
             Valid("foo%return ret", spec("foo%return", .symbol("foo"), .return,
-                                         fields: [FieldSpec(name: "ret", source: .ret, type: .s64)])),
+                                         fields: [FieldSpec(name: "ret", source: .ret, type: .s64, typeIsDefault: true)])),
             Valid("foo%return r=ret:bool", spec("foo%return", .symbol("foo"), .return,
                                                 fields: [FieldSpec(name: "r", source: .ret, type: .bool)])),
             Valid("foo arg3:u8", spec("foo", .symbol("foo"), fields: [FieldSpec(name: "arg3", source: .arg(3), type: .u8)])),
-            Valid("foo _n1=arg1", spec("foo", .symbol("foo"), fields: [FieldSpec(name: "_n1", source: .arg(1), type: .s64)])),
+            Valid("foo _n1=arg1", spec("foo", .symbol("foo"), fields: [FieldSpec(name: "_n1", source: .arg(1), type: .s64, typeIsDefault: true)])),
             // A field name may be the name of a source, and one source may feed several fields.
             Valid("foo arg1=arg0 a=arg0:x",
-                  spec("foo", .symbol("foo"), fields: [FieldSpec(name: "arg1", source: .arg(0), type: .s64),
+                  spec("foo", .symbol("foo"), fields: [FieldSpec(name: "arg1", source: .arg(0), type: .s64, typeIsDefault: true),
                                                       FieldSpec(name: "a", source: .arg(0), type: .hex)])),
             Valid("foo arg0 arg1 arg2 arg3 arg4 arg5",
-                  spec("foo", .symbol("foo"), fields: (0...5).map { FieldSpec(name: "arg\($0)", source: .arg($0), type: .s64) })),
+                  spec("foo", .symbol("foo"), fields: (0...5).map { FieldSpec(name: "arg\($0)", source: .arg($0), type: .s64, typeIsDefault: true) })),
             Valid("/bin/app:ns::C::m+0x4 this=arg0:ptr s=arg1:str",
                   spec("/bin/app:ns::C::m+0x4", target: "/bin/app", .symbolOffset("ns::C::m", 4),
                        fields: [FieldSpec(name: "this", source: .arg(0), type: .pointer),
@@ -265,10 +265,11 @@ final class ProbeParserTests: XCTestCase {
         ])
     }
 
-    func testUSDTIsNotSupportedYet() {
+    func testMalformedUSDTProbes() {
         check([
-            Invalid("usdt:/usr/lib/libpython3.so:python:function__entry", "usdt:/usr/lib/libpython3.so:python:function__entry", "not supported"),
-            Invalid("usdt:libc:libc:setjmp arg0", "usdt:libc:libc:setjmp", "not supported"),
+            Invalid("usdt:/usr/lib/libpython3.so:python", "usdt:/usr/lib/libpython3.so:python", "not usdt:TARGET:PROVIDER:NAME"),
+            Invalid("usdt:libc::setjmp arg0", "usdt:libc::setjmp", "not usdt:TARGET:PROVIDER:NAME"),
+            Invalid("usdt:libc:libc:setjmp arg12", "arg12", "unknown field source"),
         ])
     }
 
@@ -335,5 +336,42 @@ final class ProbeParserTests: XCTestCase {
             Invalid("foo a=arg0 b=arg1 c=arg2 d=arg3 e=arg4 f=arg5 g=arg0", "foo", "at most 6 fields"),
             Invalid("libc:free%return a=ret b=ret c=ret d=ret e=ret f=ret g=ret h=ret", "libc:free%return", "at most 6 fields"),
         ])
+    }
+}
+
+final class USDTSpecTests: XCTestCase {
+    func testArgumentSpecs() {
+        XCTAssertEqual(USDTArgument.parse("-4@%edi"), USDTArgument(size: 4, isSigned: true, location: .register(.rdi)))
+        XCTAssertEqual(USDTArgument.parse("8@%r12"), USDTArgument(size: 8, isSigned: false, location: .register(.r12)))
+        XCTAssertEqual(USDTArgument.parse("-4@%r9d"), USDTArgument(size: 4, isSigned: true, location: .register(.r9)))
+        XCTAssertEqual(USDTArgument.parse("-4@112(%rsp)"),
+                       USDTArgument(size: 4, isSigned: true, location: .memory(base: .rsp, displacement: 112, size: 4)))
+        XCTAssertEqual(USDTArgument.parse("8@-16(%rbp)"),
+                       USDTArgument(size: 8, isSigned: false, location: .memory(base: .rbp, displacement: -16, size: 8)))
+        XCTAssertEqual(USDTArgument.parse("2@(%rax)"),
+                       USDTArgument(size: 2, isSigned: false, location: .memory(base: .rax, displacement: 0, size: 2)))
+        XCTAssertEqual(USDTArgument.parse("4@$-5"), USDTArgument(size: 4, isSigned: false, location: .constant(-5)))
+        for unreadable in ["8@foo(%rip)", "8@(%rax,%rbx,8)", "3@%eax", "8@%xmm0", "@%rax", "8@", "x@%rax"] {
+            XCTAssertNil(USDTArgument.parse(Substring(unreadable)), unreadable)
+        }
+        XCTAssertEqual(USDTArgument.parse("-1@%al")?.fieldType, .s8)
+        XCTAssertEqual(USDTArgument.parse("2@%ax")?.fieldType, .u16)
+    }
+
+    func testUSDTProbeGrammar() throws {
+        let spec = try ProbeParser.parse("usdt:/usr/bin/python3.11:python:function__entry file=arg0:str line=arg11")
+        XCTAssertEqual(spec.target, "/usr/bin/python3.11")
+        XCTAssertEqual(spec.location, .usdt(provider: "python", name: "function__entry"))
+        XCTAssertEqual(spec.fields.map(\.name), ["file", "line"])
+        XCTAssertEqual(spec.fields.map(\.typeIsDefault), [false, true])
+        for bad in ["usdt:a:b", "usdt::p:n", "usdt:a:b:c:d", "usdt:t:p:n x=arg12"] {
+            XCTAssertThrowsError(try ProbeParser.parse(bad), bad)
+        }
+    }
+
+    func testNopNop5SitesMoveToTheFiveByteNop() {
+        XCTAssertTrue(ProbeResolver.startsWithNopAndNop5([0x90, 0x0F, 0x1F, 0x44, 0x00, 0x00]))
+        XCTAssertFalse(ProbeResolver.startsWithNopAndNop5([0x90, 0x48, 0x89, 0xE5, 0x00, 0x00]))
+        XCTAssertFalse(ProbeResolver.startsWithNopAndNop5(nil))
     }
 }

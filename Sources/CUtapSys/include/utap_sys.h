@@ -17,11 +17,12 @@ void utap_install_stop_handlers(volatile int *flag, volatile int *signo);
 
 /*
  * BPF_LINK_CREATE for a uprobe multi-link (Linux 6.6+, newer than this libbpf): attaches
- * `prog_fd` at `cnt` file offsets of `path`, offset i with attach cookie i; return probes
+ * `prog_fd` at `cnt` file offsets of `path`, offset i with attach cookie i and USDT
+ * semaphore ref_ctr_offsets[i] (0: none; the array may be NULL); return probes
  * when `retprobe`; only in process `pid` when pid > 0. Returns the link fd, or -errno.
  */
 int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *offsets,
-                           const unsigned long long *cookies, unsigned int cnt, int retprobe,
-                           int pid);
+                           const unsigned long *ref_ctr_offsets, const unsigned long long *cookies,
+                           unsigned int cnt, int retprobe, int pid);
 #define UTAP_BPF_TRACE_UPROBE_MULTI 48
 #endif

@@ -16,6 +16,7 @@ typedef uint16_t __u16;
 typedef uint32_t __u32;
 typedef uint64_t __u64;
 typedef int32_t __s32;
+typedef int64_t __s64;
 #endif
 
 /* At most this many fields per probe (arg0..arg5 plus ret fit). */
@@ -49,10 +50,26 @@ enum utap_field_kind {
     UTAP_FIELD_STR = 1,
 };
 
+/* Where a field's 64-bit value is read (utap_field_config.location). */
+enum utap_location {
+    UTAP_LOC_SOURCE = 0,   /* `source`: an argument register or the return value */
+    UTAP_LOC_REGISTER = 1, /* the struct pt_regs slot `reg` (USDT %reg) */
+    UTAP_LOC_MEMORY = 2,   /* `size` bytes of user memory at pt_regs slot `reg` + `value` */
+    UTAP_LOC_CONSTANT = 3, /* `value` itself (USDT $imm) */
+};
+
+/* struct pt_regs as 8-byte slots (x86-64): the kernel's order. */
+#define UTAP_PT_REGS_SLOTS 21
+
 struct utap_field_config {
-    __u8 source;   /* enum utap_source */
+    __u8 source;   /* enum utap_source (UTAP_LOC_SOURCE) */
     __u8 kind;     /* enum utap_field_kind */
     __u16 str_len; /* UTAP_FIELD_STR: bytes to read at most, including the NUL (<= UTAP_STR_MAX) */
+    __u8 location; /* enum utap_location */
+    __u8 reg;      /* pt_regs slot (< UTAP_PT_REGS_SLOTS) */
+    __u8 size;     /* UTAP_LOC_MEMORY: 1, 2, 4 or 8 */
+    __u8 reserved;
+    __s64 value;   /* UTAP_LOC_MEMORY: displacement; UTAP_LOC_CONSTANT: the constant */
 };
 
 /* What one attached program does on a hit (utap_probe_config.flags). */
@@ -64,6 +81,7 @@ enum utap_probe_flags {
     UTAP_PROBE_BY_PID = 16, /* with COUNT: one counter per process, in `pid_counts` */
     UTAP_PROBE_HIST = 32,   /* return: add the latency to the probe's histogram (utap latency) */
     UTAP_PROBE_STACK = 64,  /* with EMIT: append the user stack to the record */
+    UTAP_PROBE_ALL_REGS = 128, /* some field reads a register other than an argument (USDT) */
 };
 
 /*
