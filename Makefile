@@ -49,7 +49,7 @@ release:
 	$(MAKE) build CONFIG=release
 
 include tests/targets/targets.mk
-include tests/targets/usdt.mk
+include tests/targets/more.mk
 
 # Unit tests need no privileges; integration tests attach real probes and need root.
 test: deps bpf-check build targets

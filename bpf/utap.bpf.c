@@ -313,39 +313,12 @@ static __always_inline const struct utap_probe_config *config_of_hit(struct pt_r
     return bpf_map_lookup_elem(&probes, &id);
 }
 
-static __always_inline int on_entry(struct pt_regs *ctx)
+/*
+ * A call of the probe's function ends; the caller's stack pointer is `ret_sp` (after
+ * the `ret`): from a uretprobe, or from a probe on a `ret` instruction itself.
+ */
+static __always_inline int returned(struct pt_regs *ctx, const struct utap_probe_config *cfg, __u64 ret_sp)
 {
-    const struct utap_probe_config *cfg = config_of_hit(ctx);
-    if (!cfg)
-        return 0;
-    __u64 now = bpf_ktime_get_ns();
-
-    if (cfg->flags & UTAP_PROBE_PUSH_TS) {
-        struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 1);
-        if (p) {
-            __u32 d = p->depth;
-            if (d < UTAP_MAX_DEPTH) {
-                p->ts[d] = now;
-                p->sp[d] = ctx->rsp;
-                p->depth = d + 1;
-            } else {
-                /* The kernel will not hijack this return either: its return is lost. */
-                count_lost(cfg->probe);
-            }
-        }
-    }
-    if (cfg->flags & UTAP_PROBE_COUNT)
-        count_hit(cfg);
-    if (cfg->flags & UTAP_PROBE_EMIT)
-        emit(ctx, cfg, now, 0, 0);
-    return 0;
-}
-
-static __always_inline int on_return(struct pt_regs *ctx)
-{
-    const struct utap_probe_config *cfg = config_of_hit(ctx);
-    if (!cfg)
-        return 0;
     __u64 now = bpf_ktime_get_ns();
     __u64 latency = 0;
     __u16 flags = UTAP_EVENT_RETURN;
@@ -353,7 +326,6 @@ static __always_inline int on_return(struct pt_regs *ctx)
     if (cfg->flags & UTAP_PROBE_POP_TS) {
         struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 0);
         if (p) {
-            __u64 ret_sp = ctx->rsp;
             /*
              * Calls left by longjmp or an exception never return; their entries sit above
              * this frame (lower stack pointers) and are dropped here.
@@ -385,6 +357,47 @@ static __always_inline int on_return(struct pt_regs *ctx)
         emit(ctx, cfg, now, latency, flags);
     return 0;
 }
+
+
+static __always_inline int on_entry(struct pt_regs *ctx)
+{
+    const struct utap_probe_config *cfg = config_of_hit(ctx);
+    if (!cfg)
+        return 0;
+    /* A probe on a `ret`: the return happens as this instruction runs. */
+    if (cfg->flags & UTAP_PROBE_RET_SITE)
+        return returned(ctx, cfg, ctx->rsp + 8);
+    __u64 now = bpf_ktime_get_ns();
+
+    if (cfg->flags & UTAP_PROBE_PUSH_TS) {
+        struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 1);
+        if (p) {
+            __u32 d = p->depth;
+            if (d < UTAP_MAX_DEPTH) {
+                p->ts[d] = now;
+                p->sp[d] = ctx->rsp;
+                p->depth = d + 1;
+            } else {
+                /* The kernel will not hijack this return either: its return is lost. */
+                count_lost(cfg->probe);
+            }
+        }
+    }
+    if (cfg->flags & UTAP_PROBE_COUNT)
+        count_hit(cfg);
+    if (cfg->flags & UTAP_PROBE_EMIT)
+        emit(ctx, cfg, now, 0, 0);
+    return 0;
+}
+
+static __always_inline int on_return(struct pt_regs *ctx)
+{
+    const struct utap_probe_config *cfg = config_of_hit(ctx);
+    if (!cfg)
+        return 0;
+    return returned(ctx, cfg, ctx->rsp);
+}
+
 
 /*
  * Each handler is loaded twice: for the perf_event attach path and, with

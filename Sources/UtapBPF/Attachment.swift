@@ -48,6 +48,15 @@ extension Attachment {
                 result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
                                          semaphoreOffset: probe.semaphoreOffset, isReturn: false, config: push))
             }
+            if onReturn && !probe.returnSites.isEmpty {
+                // The return is seen on each `ret`, by the entry program.
+                config.flags |= UInt32(UTAP_PROBE_RET_SITE.rawValue)
+                for site in probe.returnSites {
+                    result.append(Attachment(probe: index, path: probe.path, fileOffset: site,
+                                             semaphoreOffset: nil, isReturn: false, config: config))
+                }
+                continue
+            }
             result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
                                      semaphoreOffset: probe.semaphoreOffset, isReturn: onReturn, config: config))
         }

@@ -16,6 +16,9 @@ public struct ResolvedProbe: Equatable, Sendable {
     /// A USDT semaphore's file offset: the kernel counts attached probes there, so code
     /// guarded by it runs only while traced.
     public var semaphoreOffset: UInt64?
+    /// File offsets of the function's `ret` instructions, when its return probe goes on
+    /// them instead of hijacking the return address (`--return-mode sites`).
+    public var returnSites: [UInt64] = []
 
     public init(name: String, kind: ProbeKind, fields: [FieldSpec], path: String, function: String?,
                 address: UInt64, fileOffset: UInt64, semaphoreOffset: UInt64? = nil) {

@@ -22,6 +22,23 @@ public enum InstructionDecoder {
     /// The length of the instruction starting at `offset`, or nil when the bytes there are
     /// not a complete valid instruction.
     public static func instructionLength(at offset: Int, in code: [UInt8]) -> Int? {
+        decode(at: offset, in: code).map { Int($0.length) }
+    }
+
+    /// Offsets of every `ret` in a function's code, decoded from its first byte; nil when
+    /// some bytes do not decode (the function cannot be read with certainty).
+    public static func returnInstructions(in code: [UInt8]) -> [Int]? {
+        var returns: [Int] = []
+        var at = 0
+        while at < code.count {
+            guard let instruction = decode(at: at, in: code) else { return nil }
+            if instruction.mnemonic == ZYDIS_MNEMONIC_RET { returns.append(at) }
+            at += Int(instruction.length)
+        }
+        return returns
+    }
+
+    private static func decode(at offset: Int, in code: [UInt8]) -> ZydisDecodedInstruction? {
         guard offset >= 0, offset < code.count else { return nil }
         var instruction = ZydisDecodedInstruction()
         let status = code.withUnsafeBytes { raw in
@@ -32,7 +49,7 @@ public enum InstructionDecoder {
         }
         // ZYAN_SUCCESS is a macro Swift cannot import: failure codes have the top bit set.
         guard status & 0x8000_0000 == 0 else { return nil }
-        return Int(instruction.length)
+        return instruction
     }
 
     /// A 64-bit long-mode decoder; initialized once, read-only afterwards.

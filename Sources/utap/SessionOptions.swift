@@ -12,6 +12,8 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
 }
 
+extension ReturnMode: ExpressibleByArgument {}
+
 /// The options trace, count and latency share: what to probe, where, and where to write.
 struct SessionOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "Trace only this process (all its threads).")
@@ -28,6 +30,9 @@ struct SessionOptions: ParsableArguments {
 
     @Option(help: "Stop after SECONDS.")
     var duration: Double?
+
+    @Option(help: "How return probes see returns: hijack (uretprobe), sites (a probe on each ret; C++ exceptions pass), or auto (sites for C++ and Go).")
+    var returnMode: ReturnMode = .auto
 
     @Argument(help: "Probes, one per shell word.")
     var probes: [String] = []
@@ -73,7 +78,9 @@ struct SessionOptions: ParsableArguments {
         do throws(UtapError) {
             var resolver = ProbeResolver(pid: pid, executable: launched?.executable)
             var resolved: [ResolvedProbe] = []
-            for spec in specs { resolved += try resolver.resolve(spec) }
+            for spec in specs {
+                for probe in try resolver.resolve(spec) { resolved.append(try resolver.placeReturn(probe, mode: returnMode)) }
+            }
             resolver.warnings.forEach { warn($0) }
             let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
             let output = try openOutput()

@@ -82,6 +82,7 @@ enum utap_probe_flags {
     UTAP_PROBE_HIST = 32,   /* return: add the latency to the probe's histogram (utap latency) */
     UTAP_PROBE_STACK = 64,  /* with EMIT: append the user stack to the record */
     UTAP_PROBE_ALL_REGS = 128, /* some field reads a register other than an argument (USDT) */
+    UTAP_PROBE_RET_SITE = 256, /* an entry-side probe on a `ret`: acts as the return probe */
 };
 
 /*

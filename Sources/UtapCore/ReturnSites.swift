@@ -1,0 +1,46 @@
+/// How a return probe observes the return.
+public enum ReturnMode: String, CaseIterable, Sendable {
+    /// `sites` for C++ (it links a C++ runtime) and Go programs, `hijack` otherwise.
+    case auto
+    /// A kernel uretprobe: the return address on the stack is replaced by a trampoline.
+    /// Cheap, sees every return, but an unwinder walking through the frame (a C++
+    /// exception, Go's stack growth) finds the trampoline and the program dies.
+    case hijack
+    /// An entry-side probe on every `ret` of the function (decoded with Zydis). The stack
+    /// is never touched, so exceptions propagate normally; a tail call out of the function
+    /// is not seen as its return.
+    case sites
+}
+
+extension ProbeResolver {
+    /// Puts a return probe on its function's `ret` instructions when `mode` says so.
+    public mutating func placeReturn(_ probe: ResolvedProbe, mode: ReturnMode) throws(UtapError) -> ResolvedProbe {
+        guard probe.kind == .return else { return probe }
+        let image = try image(at: probe.path)
+        guard mode == .sites || (mode == .auto && Self.unwindsThroughFrames(image)) else { return probe }
+        guard let function = image.enclosingFunction(of: probe.address), function.size > 0,
+              let code = image.bytes(atVirtualAddress: function.address, count: Int(function.size)),
+              let returns = InstructionDecoder.returnInstructions(in: code) else {
+            throw .usage("probe '\(probe.name)': cannot decode the code of \(probe.function ?? "the function") to find its returns",
+                         hint: "use --return-mode hijack")
+        }
+        guard !returns.isEmpty else {
+            throw .usage("probe '\(probe.name)': \(function.name) has no ret instruction (it never returns, or only by tail calls)",
+                         hint: "use --return-mode hijack")
+        }
+        var placed = probe
+        placed.returnSites = try returns.map { (offset: Int) throws(UtapError) -> UInt64 in
+            guard let fileOffset = image.fileOffset(ofVirtualAddress: function.address + UInt64(offset)) else {
+                throw .usage("probe '\(probe.name)': a ret of \(function.name) is outside the file's segments")
+            }
+            return fileOffset
+        }
+        return placed
+    }
+
+    /// Programs whose runtime walks stacks through every frame: C++ (exceptions) and Go.
+    static func unwindsThroughFrames(_ image: ELFImage) -> Bool {
+        image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") }
+            || !image.functions(named: "runtime.main").isEmpty
+    }
+}
