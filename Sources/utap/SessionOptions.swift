@@ -34,6 +34,9 @@ struct SessionOptions: ParsableArguments {
     @Option(help: "How return probes see returns: hijack (uretprobe), sites (a probe on each ret; C++ exceptions pass), or auto (sites for C++ and Go).")
     var returnMode: ReturnMode = .auto
 
+    @Option(help: "Refuse globs that expand to more probes than this.")
+    var maxProbes: Int = 1000
+
     @Argument(help: "Probes, one per shell word.")
     var probes: [String] = []
 
@@ -80,6 +83,10 @@ struct SessionOptions: ParsableArguments {
             var resolved: [ResolvedProbe] = []
             for spec in specs {
                 for probe in try resolver.resolve(spec) { resolved.append(try resolver.placeReturn(probe, mode: returnMode)) }
+            }
+            if resolved.count > maxProbes {
+                throw UtapError.usage("probes: \(resolved.count) functions match, more than --max-probes \(maxProbes)",
+                                      hint: "narrow the glob, or raise --max-probes")
             }
             resolver.warnings.forEach { warn($0) }
             let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses

@@ -247,6 +247,11 @@ final class ErrorTests: XCTestCase {
         }
     }
 
+    func testGlobBeyondMaxProbes() {
+        assertFails(["trace", "--max-probes", "2", argsPie + ":take_*", "--", argsPie], status: 2,
+                    mentions: ["3 functions match", "--max-probes 2"], hint: "narrow the glob")
+    }
+
     func testUnwritableOutputFile() {
         let path = "/nonexistent/dir/out.json"
         assertFails(["trace", "-o", path, argsPie + ":add2", "--", argsPie], status: 1, mentions: [path])
