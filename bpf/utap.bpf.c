@@ -31,6 +31,26 @@ struct {
     __type(value, __u64);
 } lost SEC(".maps");
 
+/* The session's --filter (utap_abi.h); count 0 lets every hit through. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct utap_filter);
+} filter SEC(".maps");
+
+/*
+ * The filter's verdict passes through here: a value loaded from a map is unknown to the
+ * verifier, so it does not track every bit pattern of the evaluation stack (which would
+ * multiply its states past its limit).
+ */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} filter_verdict SEC(".maps");
+
 /* Hits per probe (utap count); sized by the loader. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -304,6 +324,91 @@ static __always_inline void add_latency(const struct utap_probe_config *cfg, __u
         h->max_ns = ns;
 }
 
+/* The operand narrowed to its width, sign- or zero-extended back to 64 bits. */
+static __always_inline __u64 narrowed(__u64 v, __u8 width, __u8 is_signed)
+{
+    switch (width) {
+    case 1: return is_signed ? (__u64)(__s64)(__s8)v : (__u8)v;
+    case 2: return is_signed ? (__u64)(__s64)(__s16)v : (__u16)v;
+    case 4: return is_signed ? (__u64)(__s64)(__s32)v : (__u32)v;
+    default: return v;
+    }
+}
+
+static __always_inline int compare(__u64 a, __u64 b, __u8 cmp, __u8 is_signed)
+{
+    switch (cmp) {
+    case UTAP_CMP_EQ: return a == b;
+    case UTAP_CMP_NE: return a != b;
+    case UTAP_CMP_LT: return is_signed ? (__s64)a < (__s64)b : a < b;
+    case UTAP_CMP_LE: return is_signed ? (__s64)a <= (__s64)b : a <= b;
+    case UTAP_CMP_GT: return is_signed ? (__s64)a > (__s64)b : a > b;
+    case UTAP_CMP_GE: return is_signed ? (__s64)a >= (__s64)b : a >= b;
+    default: return 0;
+    }
+}
+
+/*
+ * Runs the --filter program for this hit. `latency_ok` says whether `latency` holds a
+ * paired entry-to-return time.
+ */
+static __always_inline int passes_filter(struct pt_regs *ctx, __u64 latency, int latency_ok)
+{
+    __u32 zero = 0;
+    const struct utap_filter *f = bpf_map_lookup_elem(&filter, &zero);
+    if (!f)
+        return 1;
+    __u64 regs[8];
+    load_sources(ctx, regs);
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    char comm[16] = {};
+    bpf_get_current_comm(comm, sizeof(comm));
+    __u64 stack = 0; /* bit 0 is the top */
+    for (int i = 0; i < UTAP_FILTER_MAX; i++) {
+        if (i >= f->count)
+            break;
+        const struct utap_filter_insn *in = &f->insns[i];
+        switch (in->op) {
+        case UTAP_FILTER_CMP: {
+            int truth;
+            if (in->operand == UTAP_OPERAND_COMM) {
+                int same = *(__u64 *)&comm[0] == in->value && *(__u64 *)&comm[8] == in->value2;
+                truth = in->cmp == UTAP_CMP_NE ? !same : same;
+            } else if (in->operand == UTAP_OPERAND_LATENCY && !latency_ok) {
+                truth = 0;
+            } else {
+                __u64 v;
+                if (in->operand == UTAP_OPERAND_PID)
+                    v = pid_tgid >> 32;
+                else if (in->operand == UTAP_OPERAND_TID)
+                    v = (__u32)pid_tgid;
+                else if (in->operand == UTAP_OPERAND_LATENCY)
+                    v = latency;
+                else
+                    v = regs[in->operand & 7];
+                truth = compare(narrowed(v, in->width, in->is_signed), in->value, in->cmp, in->is_signed);
+            }
+            stack = (stack << 1) | (truth ? 1 : 0);
+            break;
+        }
+        case UTAP_FILTER_AND:
+            stack = (stack >> 2) << 1 | ((stack & 1) & ((stack >> 1) & 1));
+            break;
+        case UTAP_FILTER_OR:
+            stack = (stack >> 2) << 1 | ((stack & 1) | ((stack >> 1) & 1));
+            break;
+        case UTAP_FILTER_NOT:
+            stack ^= 1;
+            break;
+        }
+    }
+    __u64 *verdict = bpf_map_lookup_elem(&filter_verdict, &zero);
+    if (!verdict)
+        return 1;
+    *verdict = stack & 1;
+    return *(volatile __u64 *)verdict;
+}
+
 /* What this hit should do, or NULL when it is utap's own process. */
 static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx)
 {
@@ -349,6 +454,8 @@ static __always_inline int returned(struct pt_regs *ctx, const struct utap_probe
             }
         }
     }
+    if ((cfg->flags & UTAP_PROBE_FILTERED) && !passes_filter(ctx, latency, flags & UTAP_EVENT_LATENCY))
+        return 0;
     if ((cfg->flags & UTAP_PROBE_HIST) && (flags & UTAP_EVENT_LATENCY))
         add_latency(cfg, latency);
     if (cfg->flags & UTAP_PROBE_COUNT)
@@ -383,6 +490,9 @@ static __always_inline int on_entry(struct pt_regs *ctx)
             }
         }
     }
+    if ((cfg->flags & UTAP_PROBE_FILTERED) && (cfg->flags & (UTAP_PROBE_COUNT | UTAP_PROBE_EMIT)) &&
+        !passes_filter(ctx, 0, 0))
+        return 0;
     if (cfg->flags & UTAP_PROBE_COUNT)
         count_hit(cfg);
     if (cfg->flags & UTAP_PROBE_EMIT)

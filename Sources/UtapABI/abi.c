@@ -15,3 +15,5 @@ _Static_assert(offsetof(struct utap_event, latency_ns) == 8 && offsetof(struct u
                "RecordDecoder reads these offsets");
 _Static_assert(sizeof(struct utap_histogram) == 24 + 8 * UTAP_HIST_BUCKETS, "histogram layout");
 _Static_assert(UTAP_HIST_BUCKETS == 256, "LatencyHistogram.bucketCount");
+_Static_assert(sizeof(struct utap_filter_insn) == 24, "filter instruction layout");
+_Static_assert(sizeof(struct utap_filter) == 8 + 24 * UTAP_FILTER_MAX, "filter layout");

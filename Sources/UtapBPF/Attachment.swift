@@ -38,6 +38,7 @@ extension Attachment {
                 config.flags = UInt32(UTAP_PROBE_HIST.rawValue)
                 onReturn = true
             }
+            if !plan.filter.isEmpty { config.flags |= UInt32(UTAP_PROBE_FILTERED.rawValue) }
             var countsOnly = false
             if case .count = plan.mode { countsOnly = true }
             if onReturn && !countsOnly {

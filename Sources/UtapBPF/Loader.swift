@@ -79,6 +79,7 @@ final class BPFSession: TraceSession {
             throw LibbpfLog.error("cannot load the BPF programs", errno: errno,
                                   hint: "run 'utap doctor' to see what this kernel supports")
         }
+        try writeFilter()
         let probesFD = bpf_map__fd(map("probes"))
         for (cookie, attachment) in attachments.enumerated() {
             var key = UInt32(cookie)
@@ -91,6 +92,30 @@ final class BPFSession: TraceSession {
 
     private func map(_ name: String) -> OpaquePointer? {
         bpf_object__find_map_by_name(object, name)
+    }
+
+    /// The plan's --filter program into the one-entry `filter` map.
+    private func writeFilter() throws(UtapError) {
+        var program = utap_filter()
+        program.count = UInt32(plan.filter.count)
+        withUnsafeMutableBytes(of: &program.insns) { raw in
+            let insns = raw.bindMemory(to: utap_filter_insn.self)
+            for (i, step) in plan.filter.prefix(Int(UTAP_FILTER_MAX)).enumerated() {
+                var insn = utap_filter_insn()
+                insn.op = step.operation.rawValue
+                insn.operand = step.operand.rawValue
+                insn.cmp = step.comparison.rawValue
+                insn.is_signed = step.isSigned ? 1 : 0
+                insn.width = step.width
+                insn.value = step.value
+                insn.value2 = step.value2
+                insns[i] = insn
+            }
+        }
+        var key: UInt32 = 0
+        if bpf_map_update_elem(bpf_map__fd(map("filter")), &key, &program, UInt64(BPF_ANY)) != 0 {
+            throw LibbpfLog.error("cannot load the --filter program", errno: errno)
+        }
     }
 
     /// Writes `tracer_tgid` in the object's read-only data before load.

@@ -52,15 +52,18 @@ public struct TracePlan: Equatable, Sendable {
     public var mode: TraceMode
     /// Streamed events carry the user stack, symbolized (`--stack`).
     public var userStacks: Bool
+    /// `--filter`, compiled; empty lets every hit through.
+    public var filter: [FilterInstruction]
     /// Ring buffer bytes (bpf); a power of two.
     public var bufferBytes: Int
 
     public init(probes: [ResolvedProbe], scope: TraceScope, mode: TraceMode = .stream,
-                userStacks: Bool = false, bufferBytes: Int = 32 << 20) {
+                userStacks: Bool = false, filter: [FilterInstruction] = [], bufferBytes: Int = 32 << 20) {
         self.probes = probes
         self.scope = scope
         self.mode = mode
         self.userStacks = userStacks
+        self.filter = filter
         self.bufferBytes = bufferBytes
     }
 }

@@ -34,6 +34,9 @@ struct SessionOptions: ParsableArguments {
     @Option(help: "How return probes see returns: hijack (uretprobe), sites (a probe on each ret; C++ exceptions pass), or auto (sites for C++ and Go).")
     var returnMode: ReturnMode = .auto
 
+    @Option(help: "Record only hits where EXPR holds, decided in the kernel: comparisons of argN[:TYPE], ret, pid, tid, comm, latency with && || ! ( ).")
+    var filter: String?
+
     @Option(help: "Refuse globs that expand to more probes than this.")
     var maxProbes: Int = 1000
 
@@ -76,6 +79,11 @@ struct SessionOptions: ParsableArguments {
         if let pid, pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH) {
             throw .usage("pid \(pid): no such process")
         }
+        let program = try filter.map { (text: String) throws(UtapError) -> [FilterInstruction] in try FilterCompiler.compile(text) } ?? []
+        if FilterCompiler.needsReturn(program), mode != .latency, let entry = specs.first(where: { $0.kind == .entry }) {
+            throw .usage("--filter: ret and latency exist only on return probes, and '\(entry.name)' is an entry probe",
+                         hint: "filter entry probes on arguments, pid, tid or comm")
+        }
         let backend = try chooseBackend()
         let launched = command.isEmpty ? nil : try LaunchedCommand(command)
         do throws(UtapError) {
@@ -92,7 +100,7 @@ struct SessionOptions: ParsableArguments {
             let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
             let output = try openOutput()
             let session = try backend.attach(TracePlan(probes: resolved, scope: scope, mode: mode, userStacks: userStacks,
-                                                       bufferBytes: bufferBytes))
+                                                       filter: program, bufferBytes: bufferBytes))
             let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
             let n = resolved.count
             warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backend.name). Ctrl-C to stop.", prefix: false)

@@ -83,6 +83,7 @@ enum utap_probe_flags {
     UTAP_PROBE_STACK = 64,  /* with EMIT: append the user stack to the record */
     UTAP_PROBE_ALL_REGS = 128, /* some field reads a register other than an argument (USDT) */
     UTAP_PROBE_RET_SITE = 256, /* an entry-side probe on a `ret`: acts as the return probe */
+    UTAP_PROBE_FILTERED = 512, /* the session has a --filter: run it before recording */
 };
 
 /*
@@ -123,6 +124,55 @@ struct utap_probe_config {
     __u32 probe;     /* the user's probe this attachment serves: events carry it, losses count to it */
     __u32 reserved;
     struct utap_field_config fields[UTAP_MAX_FIELDS];
+};
+
+/*
+ * --filter, compiled to postfix: each instruction pushes a comparison's truth or combines
+ * the two (AND, OR) or one (NOT) on top of a stack of bits. A hit is recorded when the
+ * program leaves 1 on top. Kept in the one-entry `filter` array; count 0 = no filter.
+ */
+#define UTAP_FILTER_MAX 32
+
+enum utap_filter_op {
+    UTAP_FILTER_CMP = 0,
+    UTAP_FILTER_AND = 1,
+    UTAP_FILTER_OR = 2,
+    UTAP_FILTER_NOT = 3,
+};
+
+/* What a comparison reads. */
+enum utap_filter_operand {
+    UTAP_OPERAND_ARG0 = 0, /* ..ARG5 = 5, RET = 6: as enum utap_source */
+    UTAP_OPERAND_PID = 8,
+    UTAP_OPERAND_TID = 9,
+    UTAP_OPERAND_COMM = 10,    /* 16 bytes, == and != only, against value and value2 */
+    UTAP_OPERAND_LATENCY = 11, /* return probes with a paired entry; else the test is false */
+};
+
+enum utap_filter_cmp {
+    UTAP_CMP_EQ = 0,
+    UTAP_CMP_NE = 1,
+    UTAP_CMP_LT = 2,
+    UTAP_CMP_LE = 3,
+    UTAP_CMP_GT = 4,
+    UTAP_CMP_GE = 5,
+};
+
+struct utap_filter_insn {
+    __u8 op;      /* enum utap_filter_op */
+    __u8 operand; /* enum utap_filter_operand */
+    __u8 cmp;     /* enum utap_filter_cmp */
+    __u8 is_signed;
+    __u8 width;   /* bytes of the operand compared: 1, 2, 4 or 8 (sign- or zero-extended) */
+    __u8 reserved[3];
+    __u64 value;  /* the constant; COMM: the first 8 bytes of the name */
+    __u64 value2; /* COMM: the next 8 bytes */
+};
+
+struct utap_filter {
+    __u32 count;
+    __u32 reserved;
+    struct utap_filter_insn insns[UTAP_FILTER_MAX];
 };
 
 /* Event record flags. */
