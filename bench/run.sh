@@ -8,7 +8,7 @@
 #   BENCH_CALLS      calls per loop run (default 2000000)
 #   BENCH_ROUNDS     interleaved rounds, the median is reported (default 3)
 #   BENCH_THREADS    thread counts to run (default "1 2")
-#   BENCH_TOOLS      rows to run (default "unprobed floor bpftrace utap")
+#   BENCH_TOOLS      rows to run (default "unprobed floor bpftrace utap utapcount")
 #   BENCH_MD         markdown file to update (default BENCHMARKS.md; "" = none)
 #   BENCH_LOGS       where per-run logs go (default .build/bench/logs)
 set -euo pipefail
@@ -23,7 +23,7 @@ UTAP=${UTAP:-.build/release/utap}
 CALLS=${BENCH_CALLS:-2000000}
 ROUNDS=${BENCH_ROUNDS:-3}
 THREADS=${BENCH_THREADS:-"1 2"}
-TOOLS=${BENCH_TOOLS:-"unprobed floor bpftrace utap"}
+TOOLS=${BENCH_TOOLS:-"unprobed floor bpftrace utap utapcount"}
 MD=${BENCH_MD-BENCHMARKS.md}
 LOGS=$(realpath -m "${BENCH_LOGS:-.build/bench/logs}")
 
@@ -37,7 +37,7 @@ command -v bpftool >/dev/null || die "bpftool not found"
 
 # utap rows are optional: a missing binary gives "n/a" rows.
 have_utap=0
-if [[ " $TOOLS " == *" utap "* ]]; then
+if [[ " $TOOLS " == *" utap"* ]]; then
 	if [[ -x $UTAP ]]; then
 		UTAP=$(realpath "$UTAP")
 		have_utap=1
@@ -175,6 +175,14 @@ measure() { # tool threads round
 		live[$tpid]=1
 		wait_attached "$tpid" "$tlog" 'Tracing [0-9]+ probe' || ok=0
 		;;
+	utapcount)
+		# Counted in a BPF map: nothing crosses to user space per hit.
+		env --default-signal=INT "$UTAP" count --format json -o "$tlog.out" \
+			"$LOOP:bench_target" 2>"$tlog" &
+		tpid=$!
+		live[$tpid]=1
+		wait_attached "$tpid" "$tlog" 'Tracing [0-9]+ probe' || ok=0
+		;;
 	esac
 
 	if ((ok)); then
@@ -213,6 +221,10 @@ measure() { # tool threads round
 			note "$tag: utap printed no 'N events, M lost' summary on stderr"
 		fi
 		;;
+	utapcount)
+		r_delivered=$(grep -Eo '"count":[0-9]+' "$tlog.out" | tr -cd '0-9' || true)
+		[[ -n $r_delivered ]] || note "$tag: utap count printed no count"
+		;;
 	esac
 	[[ -n $r_elapsed ]] || note "$tag: no elapsed_ns from loop"
 }
@@ -225,7 +237,7 @@ note "loop=$LOOP bench_target file offset $func_off (+4 = $floor_off), $CALLS ca
 for ((round = 1; round <= ROUNDS; round++)); do
 	for threads in $THREADS; do
 		for tool in $TOOLS; do
-			[[ $tool == utap ]] && ((!have_utap)) && continue
+			[[ $tool == utap* ]] && ((!have_utap)) && continue
 			t0=$(date +%s.%N)
 			measure "$tool" "$threads" "$round"
 			k="$tool:$threads"
@@ -265,6 +277,7 @@ label() {
 	floor) echo "floor: C libbpf per-CPU counter @ bench_target+4" ;;
 	bpftrace) echo "bpftrace printf(pid, arg0, arg1) @ bench_target+0 (endbr64)" ;;
 	utap) echo "utap trace --format json -o /dev/null, a=arg0 b=arg1" ;;
+	utapcount) echo "utap count (in-kernel counter)" ;;
 	esac
 }
 
@@ -280,7 +293,7 @@ table=$(
 		fi
 		for tool in $TOOLS; do
 			k="$tool:$threads"
-			if [[ $tool == utap ]] && ((!have_utap)); then
+			if [[ $tool == utap* ]] && ((!have_utap)); then
 				echo "| $(label utap) | $threads | n/a | n/a | n/a | n/a |"
 				continue
 			fi
@@ -327,6 +340,11 @@ checks=$(
 		[[ -z $b ]] || awk -v u="$u" -v b="$b" -v t="$threads" 'BEGIN{
 			r = u / b
 			printf "- %s thread(s): utap / bpftrace = %.3f (goal ≤ 0.1): %s\n", t, r, r <= 0.1 ? "met" : "NOT met" }'
+		c=$([[ -n ${elapsed[utapcount:$threads]:-} ]] && per_hit utapcount || true)
+		cl=$(max_of ${lost[utapcount:$threads]:-?})
+		[[ -z $c || -z $f ]] || awk -v c="$c" -v f="$f" -v l="$cl" -v t="$threads" 'BEGIN{
+			r = c / f; ok = (r <= 1.1 && l == "0")
+			printf "- %s thread(s): utap count / floor = %.2f (goal ≤ 1.1), missed %s (goal 0): %s\n", t, r, l, ok ? "met" : "NOT met" }'
 	done
 )
 
