@@ -21,4 +21,16 @@ int count_hit(void *ctx)
 	return 0;
 }
 
+// The same on return: with the entry program, the floor of an entry+return pair.
+SEC("uretprobe")
+int count_return(void *ctx)
+{
+	__u32 key = 0;
+	__u64 *n = bpf_map_lookup_elem(&hits, &key);
+
+	if (n)
+		*n += 1;
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

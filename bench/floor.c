@@ -14,8 +14,8 @@
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s BINARY FILE_OFFSET\n", argv[0]);
+	if (argc != 3 && !(argc == 4 && strcmp(argv[3], "pair") == 0)) {
+		fprintf(stderr, "usage: %s BINARY FILE_OFFSET [pair]\n", argv[0]);
 		return 2;
 	}
 	char *end;
@@ -50,6 +50,20 @@ int main(int argc, char **argv)
 		floor_bpf__destroy(skel);
 		return 1;
 	}
+	// "pair": also a uretprobe at the same site, the floor of entry + return.
+	struct bpf_link *ret_link = NULL;
+	if (argc > 3 && strcmp(argv[3], "pair") == 0) {
+		LIBBPF_OPTS(bpf_uprobe_opts, ret_opts, .retprobe = true);
+		ret_link = bpf_program__attach_uprobe_opts(skel->progs.count_return, -1, argv[1],
+							   (size_t)off, &ret_opts);
+		if (!ret_link) {
+			fprintf(stderr, "floor: attach return %s+%#llx failed: %s\n", argv[1], off,
+				strerror(errno));
+			bpf_link__destroy(link);
+			floor_bpf__destroy(skel);
+			return 1;
+		}
+	}
 	printf("attached %s+%#llx\n", argv[1], off);
 	fflush(stdout);
 
@@ -72,6 +86,7 @@ int main(int argc, char **argv)
 	printf("hits=%llu\n", sum);
 
 	free(vals);
+	bpf_link__destroy(ret_link);
 	bpf_link__destroy(link);
 	floor_bpf__destroy(skel);
 	return 0;

@@ -8,7 +8,7 @@
 #   BENCH_CALLS      calls per loop run (default 2000000)
 #   BENCH_ROUNDS     interleaved rounds, the median is reported (default 3)
 #   BENCH_THREADS    thread counts to run (default "1 2")
-#   BENCH_TOOLS      rows to run (default "unprobed floor bpftrace utap utapcount")
+#   BENCH_TOOLS      rows to run (default "unprobed floor bpftrace utap utapcount floorpair utaplatency")
 #   BENCH_MD         markdown file to update (default BENCHMARKS.md; "" = none)
 #   BENCH_LOGS       where per-run logs go (default .build/bench/logs)
 set -euo pipefail
@@ -23,7 +23,7 @@ UTAP=${UTAP:-.build/release/utap}
 CALLS=${BENCH_CALLS:-2000000}
 ROUNDS=${BENCH_ROUNDS:-3}
 THREADS=${BENCH_THREADS:-"1 2"}
-TOOLS=${BENCH_TOOLS:-"unprobed floor bpftrace utap utapcount"}
+TOOLS=${BENCH_TOOLS:-"unprobed floor bpftrace utap utapcount floorpair utaplatency"}
 MD=${BENCH_MD-BENCHMARKS.md}
 LOGS=$(realpath -m "${BENCH_LOGS:-.build/bench/logs}")
 
@@ -144,8 +144,9 @@ measure() { # tool threads round
 	# Background jobs of a script start with SIGINT ignored; env restores it.
 	case $tool in
 	unprobed) ;;
-	floor)
-		env --default-signal=INT "$FLOOR" "$LOOP" "$floor_off" >"$tlog" 2>&1 &
+	floor | floorpair)
+		# floorpair adds a uretprobe counter: the floor of an entry + return pair.
+		env --default-signal=INT "$FLOOR" "$LOOP" "$floor_off" ${tool#floor} >"$tlog" 2>&1 &
 		tpid=$!
 		live[$tpid]=1
 		wait_attached "$tpid" "$tlog" '^attached' || ok=0
@@ -175,9 +176,9 @@ measure() { # tool threads round
 		live[$tpid]=1
 		wait_attached "$tpid" "$tlog" 'Tracing [0-9]+ probe' || ok=0
 		;;
-	utapcount)
-		# Counted in a BPF map: nothing crosses to user space per hit.
-		env --default-signal=INT "$UTAP" count --format json -o "$tlog.out" \
+	utapcount | utaplatency)
+		# Aggregated in BPF maps: nothing crosses to user space per hit.
+		env --default-signal=INT "$UTAP" ${tool#utap} --format json -o "$tlog.out" \
 			"$LOOP:bench_target" 2>"$tlog" &
 		tpid=$!
 		live[$tpid]=1
@@ -205,6 +206,7 @@ measure() { # tool threads round
 	r_elapsed=$(sed -n 's/^elapsed_ns=\([0-9]*\) .*/\1/p' "$lout")
 	case $tool in
 	floor) r_delivered=$(sed -n 's/^hits=//p' "$tlog") ;;
+	floorpair) r_delivered=$(($(sed -n 's/^hits=//p' "$tlog") / 2)) ;;
 	bpftrace)
 		r_delivered=$(sed -n 's/^event_lines=//p' "$tlog")
 		r_reported=$(awk '/^Lost [0-9]+ events/ { n += $2 } END { print n + 0 }' "$tlog")
@@ -221,9 +223,9 @@ measure() { # tool threads round
 			note "$tag: utap printed no 'N events, M lost' summary on stderr"
 		fi
 		;;
-	utapcount)
-		r_delivered=$(grep -Eo '"count":[0-9]+' "$tlog.out" | tr -cd '0-9' || true)
-		[[ -n $r_delivered ]] || note "$tag: utap count printed no count"
+	utapcount | utaplatency)
+		r_delivered=$(grep -Eo '"count":[0-9]+' "$tlog.out" | head -n1 | tr -cd '0-9' || true)
+		[[ -n $r_delivered ]] || note "$tag: utap ${tool#utap} printed no count"
 		;;
 	esac
 	[[ -n $r_elapsed ]] || note "$tag: no elapsed_ns from loop"
@@ -278,6 +280,8 @@ label() {
 	bpftrace) echo "bpftrace printf(pid, arg0, arg1) @ bench_target+0 (endbr64)" ;;
 	utap) echo "utap trace --format json -o /dev/null, a=arg0 b=arg1" ;;
 	utapcount) echo "utap count (in-kernel counter)" ;;
+	floorpair) echo "floor pair: C libbpf counters on entry + uretprobe @ bench_target+4" ;;
+	utaplatency) echo "utap latency (in-kernel histogram)" ;;
 	esac
 }
 
@@ -329,17 +333,20 @@ checks=$(
 		u=$( ((have_utap)) && [[ -n ${elapsed[utap:$threads]:-} ]] && per_hit utap || true)
 		f=$([[ -n ${elapsed[floor:$threads]:-} ]] && per_hit floor || true)
 		b=$([[ -n ${elapsed[bpftrace:$threads]:-} ]] && per_hit bpftrace || true)
-		if [[ -z $u ]]; then
-			echo "- $threads thread(s): utap not measured"
-			continue
-		fi
+		[[ -n $u ]] || echo "- $threads thread(s): utap trace not measured"
 		ul=$(max_of ${lost[utap:$threads]:-?})
-		[[ -z $f ]] || awk -v u="$u" -v f="$f" -v l="$ul" -v t="$threads" 'BEGIN{
+		[[ -z $u || -z $f ]] || awk -v u="$u" -v f="$f" -v l="$ul" -v t="$threads" 'BEGIN{
 			r = u / f; ok = (r <= 1.3 && l == "0")
 			printf "- %s thread(s): utap / floor = %.2f (goal ≤ 1.3), lost %s (goal 0): %s\n", t, r, l, ok ? "met" : "NOT met" }'
-		[[ -z $b ]] || awk -v u="$u" -v b="$b" -v t="$threads" 'BEGIN{
+		[[ -z $u || -z $b ]] || awk -v u="$u" -v b="$b" -v t="$threads" 'BEGIN{
 			r = u / b
 			printf "- %s thread(s): utap / bpftrace = %.3f (goal ≤ 0.1): %s\n", t, r, r <= 0.1 ? "met" : "NOT met" }'
+		p=$([[ -n ${elapsed[floorpair:$threads]:-} ]] && per_hit floorpair || true)
+		h=$([[ -n ${elapsed[utaplatency:$threads]:-} ]] && per_hit utaplatency || true)
+		hl=$(max_of ${lost[utaplatency:$threads]:-?})
+		[[ -z $h || -z $p ]] || awk -v h="$h" -v p="$p" -v l="$hl" -v t="$threads" 'BEGIN{
+			r = h / p; ok = (r <= 1.2 && l == "0")
+			printf "- %s thread(s): utap latency / floor pair = %.2f (goal ≤ 1.2), missed %s (goal 0): %s\n", t, r, l, ok ? "met" : "NOT met" }'
 		c=$([[ -n ${elapsed[utapcount:$threads]:-} ]] && per_hit utapcount || true)
 		cl=$(max_of ${lost[utapcount:$threads]:-?})
 		[[ -z $c || -z $f ]] || awk -v c="$c" -v f="$f" -v l="$cl" -v t="$threads" 'BEGIN{
