@@ -13,7 +13,9 @@ let package = Package(
         .target(name: "UtapABI", path: "Sources/UtapABI"),
         .target(name: "UtapBPFObject", path: "Sources/UtapBPFObject"),
         .target(name: "CUtapSys", path: "Sources/CUtapSys"),
-        .target(name: "UtapCore", dependencies: ["CLibbpf", "CZydis", "CUtapSys"]),
+        .target(name: "UtapCore", dependencies: ["CLibbpf", "CZydis", "CUtapSys"],
+                // __cxa_demangle, the C++ runtime's demangler.
+                linkerSettings: [.linkedLibrary("stdc++")]),
         .target(name: "UtapBPF", dependencies: ["UtapCore", "UtapABI", "UtapBPFObject", "CLibbpf"]),
         .target(name: "UtapOutput", dependencies: ["UtapCore"]),
         .executableTarget(name: "utap", dependencies: [

@@ -115,6 +115,12 @@ public struct Aggregates: Equatable, Sendable {
         self.histograms = histograms
     }
 
+    /// Nothing aggregated yet, for `probes` probes: what the kernel's maps hold at attach.
+    public static func empty(probes: Int) -> Aggregates {
+        Aggregates(counts: Array(repeating: 0, count: probes), processCounts: [],
+                   histograms: Array(repeating: LatencyHistogram(), count: probes))
+    }
+
     /// What was aggregated since `earlier`.
     public func since(_ earlier: Aggregates) -> Aggregates {
         let before = Dictionary(earlier.processCounts.map { ("\($0.probe)/\($0.pid)", $0.count) }, uniquingKeysWith: +)

@@ -236,12 +236,18 @@ public final class ELFImage: Sendable {
     /// (shortest first), then names within a small edit distance (closest first); ties
     /// are broken alphabetically.
     public func suggestions(for name: String, limit: Int = 5) -> [String] {
+        Self.suggestions(for: name, among: byName.keys, limit: limit)
+    }
+
+    /// `suggestions(for:limit:)` over any set of names (e.g. demangled ones).
+    public static func suggestions<Names: Sequence<String>>(for name: String, among names: Names,
+                                                              limit: Int = 5) -> [String] {
         let query = Array(name.lowercased().utf8)
         guard !query.isEmpty, limit > 0 else { return [] }
         let maxDistance = max(2, query.count / 3)
         var containing: [String] = []
         var near: [(distance: Int, name: String)] = []
-        for candidate in byName.keys where candidate != name {
+        for candidate in names where candidate != name {
             let lowered = Array(candidate.lowercased().utf8)
             if lowered.count > query.count, containsBytes(lowered, query) {
                 containing.append(candidate)

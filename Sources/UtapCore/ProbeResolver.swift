@@ -10,6 +10,7 @@ public struct ProbeResolver {
     /// Warnings for the user (e.g. an address whose boundary could not be checked).
     public private(set) var warnings: [String] = []
     private var images: [String: ELFImage] = [:]
+    private var demangled: [String: DemangledFunctions] = [:]
 
     public init(pid: Int32?, executable: String?) {
         self.pid = pid
@@ -27,18 +28,30 @@ public struct ProbeResolver {
             let function = try uniqueFunction(name, in: image, probe: spec.name)
             return [try site(spec, name: spec.name, image: image, function: function, offset: offset)]
         case .glob(let pattern):
+            // Raw names and demangled ones (with their shorter keys); each match is named
+            // by its demangled name.
+            var matches = image.functions.filter { fnmatch(pattern, $0.name, 0) == 0 }
+                .map { (symbol: $0, name: Demangler.demangle($0.name) ?? $0.name) }
+            let raw = Set(matches.map(\.symbol.name))
+            matches += demangledFunctions(image).functions(matching: pattern)
+                .filter { !raw.contains($0.symbol.name) }
+                .map { (symbol: $0.symbol, name: $0.name.text) }
             var seen = Set<UInt64>()
-            let matches = image.functions.filter { fnmatch(pattern, $0.name, 0) == 0 }
-                .sorted { $0.name < $1.name }
-                .filter { seen.insert($0.address).inserted }
+            matches = matches.sorted { ($0.name, $0.symbol.name) < ($1.name, $1.symbol.name) }
+                .filter { seen.insert($0.symbol.address).inserted }
+            // Functions that demangle alike (legacy Rust generics, whose names lack their
+            // arguments) keep their symbol names apart.
+            let shared = Dictionary(grouping: matches, by: \.name).filter { $0.value.count > 1 }.keys
+            matches = matches.map { shared.contains($0.name) && $0.name != $0.symbol.name ? ($0.symbol, $0.symbol.name) : $0 }
             if matches.isEmpty {
                 throw .usage("probe '\(spec.name)': no function in \(image.path) matches '\(pattern)'")
             }
             let prefix = spec.target.map { "\($0):" } ?? ""
             let suffix = spec.kind == .return ? "%return" : ""
-            return try matches.map { (f: ELFSymbol) throws(UtapError) -> ResolvedProbe in
+            return try matches.map { (match: (symbol: ELFSymbol, name: String)) throws(UtapError) -> ResolvedProbe in
+                let f = match.symbol
                 let function = f.isIFunc ? try IFuncResolver.implementation(of: f, in: image) : f
-                return try site(spec, name: prefix + f.name + suffix, image: image, function: function, offset: nil)
+                return try site(spec, name: prefix + match.name + suffix, image: image, function: function, offset: nil)
             }
         case .address(let address):
             return [try addressSite(spec, image: image, address: address)]
@@ -73,19 +86,57 @@ public struct ProbeResolver {
         return image
     }
 
-    func uniqueFunction(_ name: String, in image: ELFImage, probe: String) throws(UtapError) -> ELFSymbol {
-        let candidates = image.functions(named: name)
+    /// The function `name` names: a symbol of that exact name, else the functions whose
+    /// demangled name, or one of its shorter keys (`ns::Class::method` for
+    /// `ns::Class::method(int) const`), is `name`. Several at different addresses are an
+    /// error that lists them.
+    mutating func uniqueFunction(_ name: String, in image: ELFImage, probe: String) throws(UtapError) -> ELFSymbol {
+        var candidates = image.functions(named: name)
+        var demangledMatch = false
+        if candidates.isEmpty {
+            candidates = demangledFunctions(image).functions(named: name).map(\.symbol)
+            demangledMatch = true
+        }
         guard let first = candidates.first else {
-            let near = image.suggestions(for: name, limit: 5)
+            let index = demangledFunctions(image)
+            let names = Set(image.functions.map(\.name)).subtracting(index.entries.map(\.symbol.name))
+                .union(index.entries.map { $0.name.keys.last ?? $0.name.text })
+            let near = ELFImage.suggestions(for: name, among: names, limit: 5)
             throw .usage("probe '\(probe)': no function '\(name)' in \(image.path)",
                          hint: near.isEmpty ? "run 'utap list \(image.path)' to see its functions" : "did you mean: \(near.joined(separator: ", "))?")
         }
         if candidates.contains(where: { $0.address != first.address }) {
+            var seen = Set<UInt64>()
+            let distinct = candidates.sorted { ($0.address, $0.name) < ($1.address, $1.name) }
+                .filter { seen.insert($0.address).inserted }
+            if demangledMatch {
+                let shown = distinct.map { displayName($0.name) }
+                // Alike demangled names (legacy Rust generics) are told apart by symbol name.
+                let alike = Set(shown).count < shown.count
+                let listed = zip(distinct, shown).map { "0x" + String($0.address, radix: 16) + " " + (alike ? $0.name : $1) }
+                var unique = Set<String>()
+                throw .usage("probe '\(probe)': '\(name)' names \(distinct.count) functions in \(image.path): " +
+                             shown.filter { unique.insert($0).inserted }.joined(separator: "; "),
+                             hint: "probe them all with a glob ('\(name)*'), or one by address: \(listed.joined(separator: ", "))")
+            }
             let addresses = candidates.map { "0x" + String($0.address, radix: 16) }.joined(separator: ", ")
             throw .usage("probe '\(probe)': '\(name)' names \(candidates.count) functions in \(image.path)",
                          hint: "probe one by address: \(addresses)")
         }
         return first.isIFunc ? try IFuncResolver.implementation(of: first, in: image) : first
+    }
+
+    /// The image's functions by demangled name, built the first time a probe needs them.
+    mutating func demangledFunctions(_ image: ELFImage) -> DemangledFunctions {
+        if let cached = demangled[image.path] { return cached }
+        let functions = DemangledFunctions(image.functions)
+        demangled[image.path] = functions
+        return functions
+    }
+
+    /// How messages name a function: demangled when it is mangled.
+    func displayName(_ name: String) -> String {
+        Demangler.demangle(name) ?? name
     }
 
     /// A probe on `function`: at `offset` when given, else at its entry, after a leading
@@ -102,7 +153,7 @@ public struct ProbeResolver {
                   InstructionDecoder.startsWithEndbr64(head) {
             delta = 4
         }
-        return try makeProbe(spec, name: name, image: image, function: function.name, address: function.address + delta)
+        return try makeProbe(spec, name: name, image: image, function: displayName(function.name), address: function.address + delta)
     }
 
     mutating func addressSite(_ spec: ProbeSpec, image: ELFImage, address: UInt64) throws(UtapError) -> ResolvedProbe {
@@ -115,20 +166,20 @@ public struct ProbeResolver {
         }
         let offset = address - function.address
         if spec.kind == .return && offset != 0 {
-            throw .usage("probe '\(spec.name)': 0x\(String(address, radix: 16)) is \(function.name)+0x\(String(offset, radix: 16)), not a function start", hint: "return probes go on a function's first instruction")
+            throw .usage("probe '\(spec.name)': 0x\(String(address, radix: 16)) is \(displayName(function.name))+0x\(String(offset, radix: 16)), not a function start", hint: "return probes go on a function's first instruction")
         }
         if offset > 0 {
             try checkBoundary(image: image, function: function, offset: offset, probe: spec.name)
         }
-        return try makeProbe(spec, name: spec.name, image: image, function: function.name, address: address)
+        return try makeProbe(spec, name: spec.name, image: image, function: displayName(function.name), address: address)
     }
 
     func checkBoundary(image: ELFImage, function: ELFSymbol, offset: UInt64, probe: String) throws(UtapError) {
         guard function.size > 0, offset < function.size else {
-            throw .usage("probe '\(probe)': offset 0x\(String(offset, radix: 16)) is outside \(function.name) (\(function.size) bytes)")
+            throw .usage("probe '\(probe)': offset 0x\(String(offset, radix: 16)) is outside \(displayName(function.name)) (\(function.size) bytes)")
         }
         guard let code = image.bytes(atVirtualAddress: function.address, count: Int(function.size)) else {
-            throw .runtime("probe '\(probe)': cannot read the code of \(function.name) from \(image.path)")
+            throw .runtime("probe '\(probe)': cannot read the code of \(displayName(function.name)) from \(image.path)")
         }
         if !InstructionDecoder.isBoundary(offset: Int(offset), in: code) {
             var starts: [String] = []
@@ -138,7 +189,7 @@ public struct ProbeResolver {
                 at += length
             }
             starts.append("+\(at)")
-            throw .usage("probe '\(probe)': \(function.name)+\(offset) is not the start of an instruction",
+            throw .usage("probe '\(probe)': \(displayName(function.name))+\(offset) is not the start of an instruction",
                          hint: "instructions near there start at \(starts.suffix(4).joined(separator: ", "))")
         }
     }

@@ -12,7 +12,8 @@ public struct BuildIDFrame: Equatable, Sendable {
     }
 }
 
-/// Turns user-space addresses of traced processes into `0xADDR symbol+0xOFF (path)`.
+/// Turns user-space addresses of traced processes into `0xADDR symbol+0xOFF (path)`, with
+/// C++, Rust and Swift symbols demangled.
 ///
 /// A process's mappings are read the first time one of its addresses is seen and kept,
 /// and read again only when an address falls outside every known mapping (a library
@@ -25,6 +26,8 @@ public final class Symbolizer {
     private var images: [String: ELFImage?] = [:]
     private let knownFiles: [String]
     private var byBuildID: [[UInt8]: String]?
+    /// Demangled function names (the raw name when it is not mangled), by raw name.
+    private var names: [String: String] = [:]
 
     /// `knownFiles`: the files probed (their DT_NEEDED libraries are searched too).
     public init(knownFiles: [String]) {
@@ -56,7 +59,14 @@ public final class Symbolizer {
         else { return nil }
         let virtual = fileOffset - segment.fileOffset + segment.virtualAddress
         guard let function = image.enclosingFunction(of: virtual) else { return nil }
-        return "\(function.name)+0x\(String(virtual - function.address + back, radix: 16))"
+        return "\(displayName(function.name))+0x\(String(virtual - function.address + back, radix: 16))"
+    }
+
+    private func displayName(_ name: String) -> String {
+        if let known = names[name] { return known }
+        let shown = Demangler.demangle(name) ?? name
+        names[name] = shown
+        return shown
     }
 
     private func mapping(pid: Int32, containing address: UInt64) -> MapEntry? {

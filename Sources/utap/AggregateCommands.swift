@@ -85,7 +85,9 @@ struct AggregateRunner {
     func run() throws -> Int32 {
         let stops = StopConditions(live: live, duration: duration)
         let session = live.session
-        var reported = session.aggregates()
+        // The maps start empty at attach; reading a baseline here instead would lose the
+        // hits a command made between its release and this line.
+        var reported = Aggregates.empty(probes: live.probes.count)
         let step = interval.map { UInt64($0 * 1e9) }
         var nextReport = step.map { monotonicNow() + $0 }
         var stop: StopReason?

@@ -7,12 +7,16 @@ struct List: ParsableCommand {
         abstract: "List the functions TARGET offers for probing.",
         discussion: """
         TARGET is an ELF path or a library name (resolved in -p PID's mappings, else through
-        ld.so.cache). PATTERN is a shell glob. Output is one name per line, sorted, so it
-        pipes into grep and wc.
+        ld.so.cache). C++, Rust and Swift names are shown demangled. PATTERN is a shell glob
+        over the demangled name (also without its parameter list, e.g. 'ns::Class::*'), or
+        the mangled one. Output is one name per line, sorted, so it pipes into grep and wc.
+        With -v each line is ADDRESS SIZE NAME, then [ifunc] for IFUNCs, then the mangled
+        name when the name is demangled (always the last word).
 
         Examples:
           utap list libc 'str*'
           utap list -v /usr/bin/python3 'PyEval_*'
+          utap list libstdc++ 'std::locale::*'
           utap list -p 4242 libssl.so.3
         """)
 
@@ -25,24 +29,30 @@ struct List: ParsableCommand {
     @Argument(help: "ELF file or library name.")
     var target: String
 
-    @Argument(help: "Glob over function names.")
+    @Argument(help: "Glob over function names, demangled or mangled.")
     var pattern: String?
 
     func run() throws {
         let path = try LibraryResolver.resolve(target, pid: pid, executable: nil)
         let image = try ELFImage.open(path)
+        let functions = image.functions.map { (symbol: $0, demangled: Demangler.name($0.name)) }
+            .filter { f in
+                guard let pattern else { return true }
+                return fnmatch(pattern, f.symbol.name, 0) == 0 || f.demangled?.matches(glob: pattern) == true
+            }
+            .map { (symbol: $0.symbol, shown: $0.demangled?.text ?? $0.symbol.name) }
+            .sorted { ($0.shown, $0.symbol.name) < ($1.shown, $1.symbol.name) }
+        // Without -v one line per name (a C++ constructor's variants read the same);
+        // with -v one per symbol.
         var seen = Set<String>()
-        let functions = image.functions
-            .filter { pattern == nil || fnmatch(pattern!, $0.name, 0) == 0 }
-            .sorted { $0.name < $1.name }
-            .filter { seen.insert($0.name).inserted }
         var text = ""
-        for f in functions {
+        for f in functions where seen.insert(verbose ? f.symbol.name : f.shown).inserted {
             if verbose {
-                let address = "0x" + String(f.address, radix: 16)
-                text += "\(address.padding(18)) \(String(f.size).padding(8)) \(f.name)\(f.isIFunc ? " [ifunc]" : "")\n"
+                let address = "0x" + String(f.symbol.address, radix: 16)
+                let mangled = f.shown != f.symbol.name ? " " + f.symbol.name : ""
+                text += "\(address.padding(18)) \(String(f.symbol.size).padding(8)) \(f.shown)\(f.symbol.isIFunc ? " [ifunc]" : "")\(mangled)\n"
             } else {
-                text += f.name + "\n"
+                text += f.shown + "\n"
             }
         }
         signal(SIGPIPE, SIG_IGN)

@@ -94,3 +94,32 @@ $(TARGETS_OUT)/uselib: $(TARGETS_SRC)/uselib.c $(TARGETS_DEPS) \
 $(addprefix $(TARGETS_OUT)/,$(TARGETS_SIMPLE)): \
 		$(TARGETS_OUT)/%: $(TARGETS_SRC)/%.c $(TARGETS_DEPS) | $(TARGETS_OUT)
 	$(TARGETS_CC) $(TARGETS_WARN) $(or $(TARGETS_FLAGS_$*),$(TARGETS_FLAGS_default)) -o $@ $<
+
+# --- demangling: C++, Rust (v0 and legacy mangling) and Swift -------------------
+
+TARGETS_CXX    ?= $(CXX)
+# rustup installs rustc under ~/.cargo/bin, which a non-login shell may lack on PATH.
+TARGETS_RUSTC  ?= $(or $(shell command -v rustc 2>/dev/null),$(wildcard $(HOME)/.cargo/bin/rustc),rustc)
+TARGETS_SWIFTC ?= swiftc
+TARGETS_RUSTFLAGS := -C opt-level=2 -C force-frame-pointers=yes -C strip=debuginfo
+
+TARGETS_DEMANGLE := \
+	$(TARGETS_OUT)/demangle_cxx \
+	$(TARGETS_OUT)/demangle_rs_v0 \
+	$(TARGETS_OUT)/demangle_rs_legacy \
+	$(TARGETS_OUT)/demangle_swift
+
+targets: $(TARGETS_DEMANGLE)
+
+$(TARGETS_OUT)/demangle_cxx: $(TARGETS_SRC)/demangle_cxx.cpp $(TARGETS_DEPS) | $(TARGETS_OUT)
+	$(TARGETS_CXX) -std=gnu++17 -Wall -Wextra -O2 -g -fno-omit-frame-pointer -fcf-protection=full -o $@ $<
+
+$(TARGETS_OUT)/demangle_rs_v0: $(TARGETS_SRC)/demangle_rs.rs $(TARGETS_SRC)/targets.mk | $(TARGETS_OUT)
+	$(TARGETS_RUSTC) $(TARGETS_RUSTFLAGS) -C symbol-mangling-version=v0 -o $@ $<
+
+# rustc's default mangling is legacy (choosing it explicitly needs -Z unstable-options).
+$(TARGETS_OUT)/demangle_rs_legacy: $(TARGETS_SRC)/demangle_rs.rs $(TARGETS_SRC)/targets.mk | $(TARGETS_OUT)
+	$(TARGETS_RUSTC) $(TARGETS_RUSTFLAGS) -o $@ $<
+
+$(TARGETS_OUT)/demangle_swift: $(TARGETS_SRC)/demangle_swift.swift $(TARGETS_SRC)/targets.mk | $(TARGETS_OUT)
+	$(TARGETS_SWIFTC) -O -module-name demangle_swift -o $@ $<
