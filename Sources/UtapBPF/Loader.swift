@@ -35,7 +35,7 @@ final class BPFSession: TraceSession {
     init(plan: TracePlan) throws(UtapError) {
         self.plan = plan
         self.attachments = Attachment.all(for: plan)
-        self.decoder = RecordDecoder(probes: plan.probes)
+        self.decoder = RecordDecoder(probes: plan.probes, stacks: plan.userStacks)
         LibbpfLog.install()
         do {
             try load()

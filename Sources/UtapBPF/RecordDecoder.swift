@@ -9,12 +9,13 @@ final class RecordDecoder {
     /// Probe i's field types are fieldTypes[fieldStart[i] ..< fieldStart[i + 1]].
     private let fieldStart: [Int]
     private let memory = ProcessMemory()
-    private let symbolizer: Symbolizer
+    /// Only with --stack: it indexes the probed files' build IDs when made.
+    private let symbolizer: Symbolizer?
 
-    init(probes: [ResolvedProbe]) {
+    init(probes: [ResolvedProbe], stacks: Bool) {
         fieldTypes = probes.flatMap { $0.fields.map(\.type) }
         fieldStart = probes.reduce(into: [0]) { $0.append($0.last! + $1.fields.count) }
-        symbolizer = Symbolizer(knownFiles: Array(Set(probes.map(\.path))).sorted())
+        symbolizer = stacks ? Symbolizer(knownFiles: Array(Set(probes.map(\.path))).sorted()) : nil
     }
 
     func decode(_ record: UnsafeRawBufferPointer) -> Event {
@@ -62,7 +63,7 @@ final class RecordDecoder {
             return BuildIDFrame(valid: status == 1, buildID: Array(record[(at + 4)..<(at + 24)]),
                                 fileOffset: record.loadUnaligned(fromByteOffset: at + 24, as: UInt64.self))
         }
-        return symbolizer.frames(pid: pid, addresses: addresses, buildIDFrames: buildIDs)
+        return symbolizer?.frames(pid: pid, addresses: addresses, buildIDFrames: buildIDs) ?? []
     }
 
     /// Interprets a raw 64-bit value; for strings, `raw` is (offset << 32 | read result).

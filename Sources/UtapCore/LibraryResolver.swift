@@ -44,12 +44,52 @@ public enum LibraryResolver {
                            hint: libraries.isEmpty ? "it maps no shared libraries"
                                : "it maps \(libraries.prefix(5).joined(separator: ", "))")
         }
-        // Through /proc the file is the one the process sees, even in another mount
-        // namespace; a deleted file is reachable only through map_files.
-        if entry.isDeleted {
-            return "/proc/\(pid)/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
+        return openablePath(of: entry, pid: pid)
+    }
+
+    /// A path through which utap opens the very file `entry` maps, whatever mount
+    /// namespace or root the process has.
+    ///
+    /// The kernel prints a maps path relative to the *reader's* root: for a process in
+    /// another mount namespace that is the path it sees itself, but for a chrooted process
+    /// (a container runtime that chroots rather than pivots, a build sandbox) the path
+    /// starts with the chroot directory, which `/proc/PID/root` already is. So the
+    /// candidates are `/proc/PID/root` + the path, then + the path without the root's own
+    /// prefix; each is taken only when it is the mapped inode. Otherwise (also for a
+    /// deleted or replaced file) `/proc/PID/map_files/START-END`, which names the mapped
+    /// file itself but needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) to follow.
+    static func openablePath(of entry: MapEntry, pid: Int32) -> String {
+        let mapFiles = "/proc/\(pid)/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
+        if entry.isDeleted { return mapFiles }
+        let root = "/proc/\(pid)/root"
+        var candidates = [root + entry.path]
+        if let rootPath = readLink(root), rootPath != "/", entry.path.hasPrefix(rootPath + "/") {
+            candidates.append(root + entry.path.dropFirst(rootPath.count))
         }
-        return "/proc/\(pid)/root" + entry.path
+        if let same = candidates.first(where: { isRegularFile($0, inode: entry.inode) }) { return same }
+        if isRegularFile(mapFiles, inode: nil) { return mapFiles }
+        // Unprivileged and unverified: the best guess, whose failure names a readable path.
+        return candidates[0]
+    }
+
+    /// The file a path names for process `pid`, as utap can open it: the path as the
+    /// process sees it (relative: to utap's working directory), through `/proc/PID/root`.
+    /// When the process maps a file by that path only as deleted (removed, or replaced
+    /// by a rebuild, since it was mapped), the mapped file, through map_files: that is
+    /// the code it runs. Paths under `/proc/` are returned as given.
+    public static func pathInProcess(_ path: String, pid: Int32) -> String {
+        if path.hasPrefix("/proc/") { return path }
+        let absolute = path.hasPrefix("/") ? path : currentDirectory() + "/" + path
+        let root = "/proc/\(pid)/root"
+        if let entries = try? ProcMaps.read(pid: pid) {
+            // Maps paths of a chrooted process start with its root (see openablePath).
+            let names = [absolute] + (readLink(root).flatMap { $0 == "/" ? nil : [$0 + absolute] } ?? [])
+            let same = entries.filter { $0.isFile && names.contains($0.path) }
+            if let deleted = same.first(where: \.isDeleted), !same.contains(where: { !$0.isDeleted }) {
+                return openablePath(of: deleted, pid: pid)
+            }
+        }
+        return root + absolute
     }
 
     // MARK: On disk, as ld.so would search
@@ -144,6 +184,22 @@ func realPath(_ path: String) -> String? {
     guard let resolved = realpath(path, nil) else { return nil }
     defer { free(resolved) }
     return String(cString: resolved)
+}
+
+/// Where a symbolic link points; nil when `path` is not one or cannot be read.
+func readLink(_ path: String) -> String? {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let length = readlink(path, &buffer, buffer.count - 1)
+    guard length > 0 else { return nil }
+    buffer[length] = 0
+    return String(cString: buffer)
+}
+
+/// Whether `path` is a regular file (following links), with inode number `inode` if given.
+func isRegularFile(_ path: String, inode: UInt64?) -> Bool {
+    var info = stat()
+    guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return false }
+    return inode.map { UInt64(info.st_ino) == $0 } ?? true
 }
 
 /// Names in `directory` (without "." and ".."); empty when it cannot be read.

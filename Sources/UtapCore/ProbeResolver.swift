@@ -70,13 +70,11 @@ public struct ProbeResolver {
         if let executable, !target.contains("/"), target == lastPathComponent(executable) {
             return executable
         }
-        let path = try LibraryResolver.resolve(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
-        if let pid, target.contains("/"), !target.hasPrefix("/proc/") {
-            // Read the file the process sees, even from another mount namespace.
-            let absolute = target.hasPrefix("/") ? target : currentDirectory() + "/" + target
-            return "/proc/\(pid)/root" + absolute
+        if let pid, target.contains("/") {
+            // The file the process sees, even from another mount namespace or once deleted.
+            return LibraryResolver.pathInProcess(target, pid: pid)
         }
-        return path
+        return try LibraryResolver.resolve(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
     }
 
     mutating func image(at path: String) throws(UtapError) -> ELFImage {

@@ -19,19 +19,30 @@ public struct BuildIDFrame: Equatable, Sendable {
 /// and read again only when an address falls outside every known mapping (a library
 /// loaded later). A process that exited before its events were read has no mappings
 /// left: then the build ID and file offset the kernel recorded at the hit name the file,
-/// found among the files utap was told of and their libraries. ELF files are parsed
-/// once per path.
+/// found among the files utap was told of and their libraries, indexed when the
+/// symbolizer is made (while a -p process still runs). ELF files are parsed once per
+/// file: by device and inode for mapped files (the same path in two containers is two
+/// files), by path for the known ones.
 public final class Symbolizer {
     private var maps: [Int32: [MapEntry]] = [:]
     private var images: [String: ELFImage?] = [:]
-    private let knownFiles: [String]
-    private var byBuildID: [[UInt8]: String]?
+    private var byBuildID: [[UInt8]: String] = [:]
     /// Demangled function names (the raw name when it is not mangled), by raw name.
     private var names: [String: String] = [:]
 
-    /// `knownFiles`: the files probed (their DT_NEEDED libraries are searched too).
+    /// `knownFiles`: the files probed (their DT_NEEDED libraries are indexed too).
     public init(knownFiles: [String]) {
-        self.knownFiles = knownFiles.map { $0.hasPrefix("/") ? $0 : currentDirectory() + "/" + $0 }
+        for path in knownFiles.map({ $0.hasPrefix("/") ? $0 : currentDirectory() + "/" + $0 }) {
+            guard let image = image(path: path) else { continue }
+            byBuildID[Self.kernelForm(image.buildID)] = path
+            for library in image.needed {
+                if let found = try? LibraryResolver.resolve(library, pid: nil, executable: path),
+                   let dependency = self.image(path: found) {
+                    byBuildID[Self.kernelForm(dependency.buildID)] = found
+                }
+            }
+        }
+        byBuildID[Self.kernelForm([])] = nil
     }
 
     /// `addresses[0]` is the probed instruction; later frames are return addresses,
@@ -41,20 +52,22 @@ public final class Symbolizer {
             let back: UInt64 = index == 0 ? 0 : 1
             let hex = "0x" + String(address, radix: 16)
             if let mapping = mapping(pid: pid, containing: address &- back) {
-                let where_ = symbol(in: mapping.path, pid: pid, fileOffset: address &- back - mapping.start + mapping.offset, back: back)
+                let where_ = symbol(in: image(mapping: mapping, pid: pid), fileOffset: address &- back - mapping.start + mapping.offset, back: back)
                 return "\(hex) \(where_ ?? "[unknown]") (\(mapping.path))"
             }
-            if index < buildIDFrames.count, buildIDFrames[index].valid, let path = file(withBuildID: buildIDFrames[index].buildID) {
-                let where_ = symbol(in: path, pid: pid, fileOffset: buildIDFrames[index].fileOffset &- back, back: back)
-                return "\(hex) \(where_ ?? "[unknown]") (\(path))"
+            // Only a frame that lands in the file's segments names it: a frame-pointer walk
+            // through code built without them can produce garbage the kernel still resolves.
+            if index < buildIDFrames.count, buildIDFrames[index].valid, let path = byBuildID[buildIDFrames[index].buildID],
+               let where_ = symbol(in: image(path: path), fileOffset: buildIDFrames[index].fileOffset &- back, back: back) {
+                return "\(hex) \(where_) (\(path))"
             }
             return hex + " [unknown]"
         }
     }
 
     /// `function+0xOFF` for a file offset, with the offset of the frame's own address.
-    private func symbol(in path: String, pid: Int32, fileOffset: UInt64, back: UInt64) -> String? {
-        guard let image = image(path, pid: pid),
+    private func symbol(in image: ELFImage?, fileOffset: UInt64, back: UInt64) -> String? {
+        guard let image,
               let segment = image.segments.first(where: { fileOffset >= $0.fileOffset && fileOffset < $0.fileOffset + $0.fileSize })
         else { return nil }
         let virtual = fileOffset - segment.fileOffset + segment.virtualAddress
@@ -79,31 +92,21 @@ public final class Symbolizer {
         return find(fresh)
     }
 
-    private func image(_ path: String, pid: Int32?) -> ELFImage? {
-        if let cached = images[path] { return cached }
-        // The process's own view of the file, across mount namespaces, while it runs.
-        let image = pid.flatMap { try? ELFImage.open("/proc/\($0)/root" + path) } ?? (try? ELFImage.open(path))
-        images[path] = image
+    /// A mapped file, opened the way the process sees it (its root, chroot, or the
+    /// mapping itself when deleted).
+    private func image(mapping: MapEntry, pid: Int32) -> ELFImage? {
+        let key = "\(mapping.device):\(mapping.inode)"
+        if let cached = images[key] { return cached }
+        let image = try? ELFImage.open(LibraryResolver.openablePath(of: mapping, pid: pid))
+        images[key] = image
         return image
     }
 
-    private func file(withBuildID id: [UInt8]) -> String? {
-        if byBuildID == nil {
-            var index: [[UInt8]: String] = [:]
-            for path in knownFiles {
-                guard let image = image(path, pid: nil) else { continue }
-                index[Self.kernelForm(image.buildID)] = path
-                for library in image.needed {
-                    if let found = try? LibraryResolver.resolve(library, pid: nil, executable: path),
-                       let dependency = self.image(found, pid: nil) {
-                        index[Self.kernelForm(dependency.buildID)] = found
-                    }
-                }
-            }
-            index[Self.kernelForm([])] = nil
-            byBuildID = index
-        }
-        return byBuildID?[id]
+    private func image(path: String) -> ELFImage? {
+        if let cached = images[path] { return cached }
+        let image = try? ELFImage.open(path)
+        images[path] = image
+        return image
     }
 
     /// The kernel reports build IDs in 20 bytes, zero-padded.

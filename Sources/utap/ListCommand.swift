@@ -33,7 +33,11 @@ struct List: ParsableCommand {
     var pattern: String?
 
     func run() throws {
-        let path = try LibraryResolver.resolve(target, pid: pid, executable: nil)
+        let path = if let pid, target.contains("/") {
+            LibraryResolver.pathInProcess(target, pid: pid)
+        } else {
+            try LibraryResolver.resolve(target, pid: pid, executable: nil)
+        }
         let image = try ELFImage.open(path)
         let functions = image.functions.map { (symbol: $0, demangled: Demangler.name($0.name)) }
             .filter { f in
