@@ -4,20 +4,23 @@ import UtapCore
 
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the functions TARGET offers for probing.",
+        abstract: "List the functions and USDT probes TARGET offers for probing.",
         discussion: """
         TARGET is an ELF path or a library name (resolved in -p PID's mappings, else through
         ld.so.cache). C++, Rust and Swift names are shown demangled. PATTERN is a shell glob
         over the demangled name (also without its parameter list, e.g. 'ns::Class::*'), or
         the mangled one. Output is one name per line, sorted, so it pipes into grep and wc.
         With -v each line is ADDRESS SIZE NAME, then [ifunc] for IFUNCs, then the mangled
-        name when the name is demangled (always the last word).
+        name when the name is demangled (always the last word). USDT probes follow the
+        functions as usdt:TARGET:PROVIDER:NAME lines, ready to use as probes (PATTERN
+        matches PROVIDER:NAME or NAME; -v adds the site and argument specs).
 
         Examples:
           utap list libc 'str*'
           utap list -v /usr/bin/python3 'PyEval_*'
           utap list libstdc++ 'std::locale::*'
           utap list -p 4242 libssl.so.3
+          utap list /usr/bin/python3.11 'python:*'
         """)
 
     @Option(name: .shortAndLong, help: "Resolve TARGET in this process's mappings.")
@@ -59,10 +62,24 @@ struct List: ParsableCommand {
                 text += f.shown + "\n"
             }
         }
+        // USDT probes follow, as probes to paste: usdt:TARGET:PROVIDER:NAME.
+        var probes = 0
+        var seenProbes = Set<String>()
+        for sdt in try SDTNotes.read(path) {
+            let name = "\(sdt.provider):\(sdt.name)"
+            guard pattern.map({ fnmatch($0, name, 0) == 0 || fnmatch($0, sdt.name, 0) == 0 }) ?? true,
+                  seenProbes.insert(verbose ? "\(name)@\(sdt.address)" : name).inserted else { continue }
+            probes += 1
+            text += "usdt:\(target):\(name)"
+            if verbose {
+                text += "  (0x\(String(sdt.address, radix: 16))\(sdt.semaphore != 0 ? ", semaphore" : ""); \(sdt.argumentText))"
+            }
+            text += "\n"
+        }
         signal(SIGPIPE, SIG_IGN)
         _ = text.withCString { write(STDOUT_FILENO, $0, strlen($0)) }
-        if functions.isEmpty {
-            throw UtapError.runtime("\(path): no function matches '\(pattern ?? "*")'")
+        if functions.isEmpty && probes == 0 {
+            throw UtapError.runtime("\(path): no function or USDT probe matches '\(pattern ?? "*")'")
         }
     }
 }

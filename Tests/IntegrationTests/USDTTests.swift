@@ -57,3 +57,24 @@ final class USDTTests: XCTestCase {
         XCTAssertTrue(tooFar.stderr.contains("has 1 argument, no arg3"), tooFar.stderr)
     }
 }
+
+/// `utap list` shows a file's USDT probes as ready-to-use probe strings.
+final class USDTListTests: XCTestCase {
+    func testListShowsProbesAfterFunctions() throws {
+        try Harness.requirePrivileges()
+        let usdt = Harness.target("usdt")
+        let r = try Harness.utap(["list", usdt, "utaptest:*"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, ["tick", "message", "guarded"].map { "usdt:\(usdt):utaptest:\($0)\n" }.joined())
+        // The site and argument specs as readelf reports them.
+        let readelf = try Harness.run("/bin/sh", ["-c", "readelf -n '\(usdt)' | grep -A3 'Name: tick$'"])
+        let location = try XCTUnwrap(readelf.stdout.split(separator: "\n").first { $0.contains("Location:") })
+        let site = try XCTUnwrap(location.split(separator: " ").drop { $0 != "Location:" }.dropFirst().first)
+            .trimmingCharacters(in: CharacterSet(charactersIn: ","))
+        let arguments = try XCTUnwrap(readelf.stdout.split(separator: "\n").first { $0.contains("Arguments:") })
+            .split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces)
+        let address = "0x" + String(UInt64(site.dropFirst(2), radix: 16)!, radix: 16)
+        let verbose = try Harness.utap(["list", "-v", usdt, "tick"])
+        XCTAssertEqual(verbose.stdout, "usdt:\(usdt):utaptest:tick  (\(address), semaphore; \(arguments))\n")
+    }
+}
