@@ -39,58 +39,7 @@ final class ContainerTests: XCTestCase {
 
     // MARK: Targets
 
-    /// A target program started through `executable arguments` (a shell script ending in
-    /// `exec PROG COUNT --wait`): it has printed `ready <pid>` and waits for a line on stdin.
-    final class Target {
-        let process = Process()
-        let pid: Int32
-        private let input = Pipe()
-        private let collector: Harness.Collector
-
-        init(_ executable: String, _ arguments: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            let out = Pipe(), err = Pipe()
-            process.standardOutput = out
-            process.standardError = err
-            process.standardInput = input
-            try process.run()
-            var line = Data()
-            let handle = out.fileHandleForReading
-            while !line.contains(UInt8(ascii: "\n")) {
-                let byte = handle.readData(ofLength: 1)
-                if byte.isEmpty { break }
-                line.append(byte)
-            }
-            let text = String(decoding: line, as: UTF8.self)
-            guard text.hasPrefix("ready "),
-                  let pid = Int32(text.dropFirst(6).trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                try? input.fileHandleForWriting.close()
-                process.waitUntilExit()
-                let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                XCTFail("target did not say ready: '\(text)' \(problem)")
-                throw XCTSkip("no target")
-            }
-            self.pid = pid
-            collector = Harness.Collector(out: out, err: err)
-        }
-
-        /// Lets the target make its calls and waits for it to exit.
-        func go() -> Harness.Result {
-            input.fileHandleForWriting.write(Data("go\n".utf8))
-            try? input.fileHandleForWriting.close()
-            process.waitUntilExit()
-            let (stdout, stderr) = collector.finish()
-            return Harness.Result(status: process.terminationStatus, stdout: stdout, stderr: stderr, output: nil)
-        }
-
-        func kill() {
-            if process.isRunning {
-                Glibc.kill(pid, SIGKILL)
-                process.waitUntilExit()
-            }
-        }
-    }
+    typealias Target = Harness.WaitingTarget
 
     /// `program COUNT --wait` in a new mount namespace, from a copy in `app` (a tmpfs over
     /// /opt there) together with the library uselib loads and args_pie.
@@ -102,8 +51,8 @@ final class ContainerTests: XCTestCase {
             cp "$1/uselib" "$1/libutaptest.so.1" "$1/args_pie" \(Self.app)/
             exec \(Self.app)/"$2" "$3" --wait
             """
-        return try Target("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script,
-                                               "sh", Harness.targets, program, String(count)])
+        return try Target(executable: "/usr/bin/unshare", arguments: ["-m", "--propagation", "private", "/bin/sh", "-c", script,
+                                                                      "sh", Harness.targets, program, String(count)])
     }
 
     /// `program COUNT --wait` chrooted into `root` inside a new mount namespace: a tmpfs
@@ -123,7 +72,7 @@ final class ContainerTests: XCTestCase {
             cp "$1/uselib" "$1/libutaptest.so.1" "$1/args_pie" app/
             exec chroot "$4" /app/"$2" "$3" --wait
             """
-        return try Target("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script,
+        return try Target(executable: "/usr/bin/unshare", arguments: ["-m", "--propagation", "private", "/bin/sh", "-c", script,
                                                "sh", Harness.targets, program, String(count), root])
     }
 
@@ -285,7 +234,7 @@ final class ContainerTests: XCTestCase {
         for file in files {
             try FileManager.default.copyItem(atPath: Harness.target(file), toPath: directory + "/" + file)
         }
-        let target = try Target(directory + "/" + program, [String(count), "--wait"])
+        let target = try Target(executable: directory + "/" + program, arguments: [String(count), "--wait"])
         for file in deleted { XCTAssertEqual(unlink(directory + "/" + file), 0) }
         let maps = (try? String(contentsOfFile: "/proc/\(target.pid)/maps", encoding: .utf8)) ?? ""
         for file in deleted { XCTAssertTrue(maps.contains(directory + "/" + file + " (deleted)"), maps) }

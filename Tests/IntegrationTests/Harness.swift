@@ -131,9 +131,15 @@ enum Harness {
         private let input = Pipe()
         private let collector: Collector
 
-        init(_ name: String, _ arguments: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: Harness.target(name))
-            process.arguments = arguments + ["--wait"]
+        /// `name` from the targets folder, with `--wait` added.
+        convenience init(_ name: String, _ arguments: [String]) throws {
+            try self.init(executable: Harness.target(name), arguments: arguments + ["--wait"])
+        }
+
+        /// Any command that ends up running a target with `--wait` (e.g. through unshare).
+        init(executable: String, arguments: [String]) throws {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
             let out = Pipe(), err = Pipe()
             process.standardOutput = out
             process.standardError = err
@@ -149,7 +155,11 @@ enum Harness {
             }
             let text = String(decoding: line, as: UTF8.self)
             guard text.hasPrefix("ready "), let pid = Int32(text.dropFirst(6).trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                throw XCTSkip("target \(name) did not say ready: '\(text)'")
+                try? input.fileHandleForWriting.close()
+                process.waitUntilExit()
+                let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                XCTFail("\(executable) did not say ready: '\(text)' \(problem)")
+                throw XCTSkip("no target")
             }
             self.pid = pid
             collector = Collector(out: out, err: err)
@@ -170,6 +180,7 @@ enum Harness {
         }
 
         func kill(_ signo: Int32 = SIGKILL) {
+            guard process.isRunning else { return }
             Glibc.kill(pid, signo)
             process.waitUntilExit()
         }
