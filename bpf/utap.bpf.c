@@ -7,6 +7,7 @@
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include "utap_abi.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -50,6 +51,45 @@ struct {
     __type(key, __u32);
     __type(value, __u64);
 } filter_verdict SEC(".maps");
+
+/*
+ * --follow-forks: the traced process and every process it forks, by tgid. Probes are
+ * attached system-wide then, and a hit outside this set is ignored at once.
+ */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, __u8);
+} traced SEC(".maps");
+
+/* Only the fields used, relocated by name against the running kernel's BTF (CO-RE). */
+struct task_struct {
+    int pid;
+    int tgid;
+} __attribute__((preserve_access_index));
+
+/* A new process whose parent is traced is traced too (threads share the tgid already). */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(utap_fork, struct task_struct *parent, struct task_struct *child)
+{
+    __u32 parent_tgid = parent->tgid, child_tgid = child->tgid;
+    if (parent_tgid == child_tgid || !bpf_map_lookup_elem(&traced, &parent_tgid))
+        return 0;
+    __u8 yes = 1;
+    bpf_map_update_elem(&traced, &child_tgid, &yes, BPF_ANY);
+    return 0;
+}
+
+/* A process leaves the set when its last thread, the leader, exits (its pid may be reused). */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(utap_exit, struct task_struct *task)
+{
+    __u32 tgid = task->tgid;
+    if (task->pid == task->tgid)
+        bpf_map_delete_elem(&traced, &tgid);
+    return 0;
+}
 
 /* Hits per probe (utap count); sized by the loader. */
 struct {
@@ -415,7 +455,13 @@ static __always_inline const struct utap_probe_config *config_of_hit(struct pt_r
     if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
         return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
-    return bpf_map_lookup_elem(&probes, &id);
+    const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
+    if (cfg && (cfg->flags & UTAP_PROBE_FOLLOW)) {
+        __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        if (!bpf_map_lookup_elem(&traced, &tgid))
+            return 0;
+    }
+    return cfg;
 }
 
 /*

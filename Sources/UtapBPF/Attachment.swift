@@ -39,12 +39,13 @@ extension Attachment {
                 onReturn = true
             }
             if !plan.filter.isEmpty { config.flags |= UInt32(UTAP_PROBE_FILTERED.rawValue) }
+            if plan.followForks { config.flags |= UInt32(UTAP_PROBE_FOLLOW.rawValue) }
             var countsOnly = false
             if case .count = plan.mode { countsOnly = true }
             if onReturn && !countsOnly {
                 config.flags |= UInt32(UTAP_PROBE_POP_TS.rawValue)
                 var push = utap_probe_config()
-                push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue)
+                push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue) | (config.flags & UInt32(UTAP_PROBE_FOLLOW.rawValue))
                 push.probe = UInt32(index)
                 result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
                                          semaphoreOffset: probe.semaphoreOffset, isReturn: false, config: push))

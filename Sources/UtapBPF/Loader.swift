@@ -67,6 +67,9 @@ final class BPFSession: TraceSession {
         try setMaxEntries("hists", count)
         try setMaxEntries("events", UInt32(plan.bufferBytes))
         try setTracerPid(getpid())
+        for name in ["utap_fork", "utap_exit"] {
+            bpf_program__set_autoload(bpf_object__find_program_by_name(obj, name), plan.followForks)
+        }
         for name in ["utap_entry", "utap_return", "utap_entry_multi", "utap_return_multi"] {
             let prog = bpf_object__find_program_by_name(obj, name)
             let multi = name.hasSuffix("_multi")
@@ -139,14 +142,35 @@ final class BPFSession: TraceSession {
         }
     }
 
+    /// The pid uprobes are bound to; -1 (every process) when following forks, where the
+    /// BPF side checks the `traced` set instead.
     private var targetPid: Int32 {
         switch plan.scope {
         case .allProcesses: return -1
-        case .process(let pid): return pid
+        case .process(let pid): return plan.followForks ? -1 : pid
+        }
+    }
+
+    /// Seeds `traced` with the process and hooks fork and exit before any probe goes in.
+    private func followForks() throws(UtapError) {
+        guard plan.followForks, case .process(let pid) = plan.scope else { return }
+        var key = UInt32(bitPattern: pid)
+        var yes: UInt8 = 1
+        if bpf_map_update_elem(bpf_map__fd(map("traced")), &key, &yes, UInt64(BPF_ANY)) != 0 {
+            throw LibbpfLog.error("--follow-forks: cannot record pid \(pid)", errno: errno)
+        }
+        for name in ["utap_fork", "utap_exit"] {
+            guard let link = bpf_program__attach(bpf_object__find_program_by_name(object, name)),
+                  libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
+                throw LibbpfLog.error("--follow-forks: cannot attach to the sched_process_\(name.dropFirst(5)) tracepoint", errno: errno,
+                                      hint: "this kernel needs BTF (/sys/kernel/btf/vmlinux) for --follow-forks")
+            }
+            links.append(.libbpf(link))
         }
     }
 
     private func attachAll() throws(UtapError) {
+        try followForks()
         switch path {
         case .perfEvent: try attachPerfEvents()
         case .multiLink: try attachMultiLinks()

@@ -54,16 +54,20 @@ public struct TracePlan: Equatable, Sendable {
     public var userStacks: Bool
     /// `--filter`, compiled; empty lets every hit through.
     public var filter: [FilterInstruction]
+    /// `--follow-forks`: processes the traced one forks are traced too (needs a process scope).
+    public var followForks: Bool
     /// Ring buffer bytes (bpf); a power of two.
     public var bufferBytes: Int
 
     public init(probes: [ResolvedProbe], scope: TraceScope, mode: TraceMode = .stream,
-                userStacks: Bool = false, filter: [FilterInstruction] = [], bufferBytes: Int = 32 << 20) {
+                userStacks: Bool = false, filter: [FilterInstruction] = [], followForks: Bool = false,
+                bufferBytes: Int = 32 << 20) {
         self.probes = probes
         self.scope = scope
         self.mode = mode
         self.userStacks = userStacks
         self.filter = filter
+        self.followForks = followForks
         self.bufferBytes = bufferBytes
     }
 }

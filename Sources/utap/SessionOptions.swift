@@ -37,6 +37,9 @@ struct SessionOptions: ParsableArguments {
     @Option(help: "Record only hits where EXPR holds, decided in the kernel: comparisons of argN[:TYPE], ret, pid, tid, comm, latency with && || ! ( ).")
     var filter: String?
 
+    @Flag(help: "Also trace the processes the traced one forks (and theirs). Probes then fire in every process that maps the file and are filtered in the kernel.")
+    var followForks = false
+
     @Option(help: "Refuse globs that expand to more probes than this.")
     var maxProbes: Int = 1000
 
@@ -60,6 +63,9 @@ struct SessionOptions: ParsableArguments {
             throw .usage("-p and -- COMMAND: cannot be used together", hint: "trace a running process or start one")
         }
         try checkSeconds(duration, "--duration")
+        if followForks && pid == nil && command.isEmpty {
+            throw .usage("--follow-forks: needs -p PID or -- COMMAND", hint: "without them every process is traced already")
+        }
     }
 
     /// A year at most: deadlines must fit in nanoseconds.
@@ -100,7 +106,7 @@ struct SessionOptions: ParsableArguments {
             let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
             let output = try openOutput()
             let session = try backend.attach(TracePlan(probes: resolved, scope: scope, mode: mode, userStacks: userStacks,
-                                                       filter: program, bufferBytes: bufferBytes))
+                                                       filter: program, followForks: followForks, bufferBytes: bufferBytes))
             let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
             let n = resolved.count
             warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backend.name). Ctrl-C to stop.", prefix: false)

@@ -84,6 +84,7 @@ enum utap_probe_flags {
     UTAP_PROBE_ALL_REGS = 128, /* some field reads a register other than an argument (USDT) */
     UTAP_PROBE_RET_SITE = 256, /* an entry-side probe on a `ret`: acts as the return probe */
     UTAP_PROBE_FILTERED = 512, /* the session has a --filter: run it before recording */
+    UTAP_PROBE_FOLLOW = 1024,  /* --follow-forks: only processes in `traced` count */
 };
 
 /*

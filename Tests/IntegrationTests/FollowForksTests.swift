@@ -1,0 +1,43 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// --follow-forks: the processes a traced process forks are traced, no others.
+final class FollowForksTests: XCTestCase {
+    override func setUp() async throws {
+        try Harness.requirePrivileges()
+    }
+
+    func testChildrenAreTracedAndOthersAreNot() throws {
+        let pie = Harness.target("args_pie")
+        let children = "'\(pie)' 3 >/dev/null; '\(pie)' 4 >/dev/null"
+        let followed = try Harness.utap(["trace", "--format", "json", "--follow-forks", pie + ":add2 a=arg0",
+                                         "--", "/bin/sh", "-c", children])
+        XCTAssertEqual(followed.status, 0, followed.stderr)
+        let events = followed.events(pie + ":add2")
+        XCTAssertEqual(events.map { $0.int("a")! }, [0, 1, 2, 0, 1, 2, 3])
+        XCTAssertEqual(Set(events.map { $0["pid"] as! Int }).count, 2, "two children")
+
+        let unfollowed = try Harness.utap(["trace", "--format", "json", pie + ":add2", "--", "/bin/sh", "-c", children])
+        XCTAssertEqual(unfollowed.events.count, 0, "without --follow-forks only the shell itself is traced")
+
+        // A process that is not a descendant runs the same code all along: not traced.
+        let unrelated = try Harness.WaitingTarget("forever", [])
+        defer { unrelated.kill() }
+        unrelated.release()
+        let forever = Harness.target("forever")
+        let mixed = try Harness.utap(["trace", "--format", "json", "--follow-forks", forever + ":tick",
+                                      "--", "/bin/sh", "-c", "timeout -s KILL 0.3 '\(forever)' >/dev/null; true"])
+        XCTAssertEqual(mixed.status, 0, mixed.stderr)
+        let pids = Set(mixed.events(forever + ":tick").map { $0["pid"] as! Int })
+        XCTAssertEqual(pids.count, 1, "only the command's child")
+        XCTAssertFalse(pids.contains(Int(unrelated.pid)))
+        XCTAssertGreaterThan(mixed.events(forever + ":tick").count, 50, "the child ticks every ms for 0.3 s")
+    }
+
+    func testNeedsAProcess() throws {
+        let r = try Harness.utap(["trace", "--follow-forks", "libc:malloc"])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.hasPrefix("utap: error: --follow-forks: needs -p PID or -- COMMAND"), r.stderr)
+    }
+}
