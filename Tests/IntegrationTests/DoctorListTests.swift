@@ -32,4 +32,19 @@ final class DoctorListTests: XCTestCase {
         XCTAssertEqual(none.status, 1)
         XCTAssertTrue(none.stderr.hasPrefix("utap: error: "), none.stderr)
     }
+
+    /// A glob attaches exactly the symbol table's matching functions, one probe each.
+    func testGlobExpandsToTheSymbolTablesMatches() throws {
+        let pie = Harness.target("args_pie")
+        let readelf = try Harness.run("/bin/sh", ["-c", "readelf -sW '\(pie)' | " +
+            "awk '$4 == \"FUNC\" && $7 != \"UND\" && $8 ~ /^take_/ { print $8 }' | LC_ALL=C sort -u"])
+        let expected = readelf.stdout.split(separator: "\n").map { "\(pie):\($0)" }
+        XCTAssertEqual(expected.count, 3, readelf.stdout)
+        let r = try Harness.utap(["trace", "--format", "json", "-o", "/dev/null", pie + ":take_* a=arg0", "--", pie])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("Tracing \(expected.count) probes"), r.stderr)
+        let summary = r.stderr.split(separator: "\n").filter { $0.hasPrefix("  ") }
+            .compactMap { $0.split(separator: " ").first.map(String.init) }
+        XCTAssertEqual(summary.sorted(), expected)
+    }
 }
