@@ -17,6 +17,8 @@ struct Trace: ParsableCommand {
           SOURCE    arg0..arg5, or ret on %return probes
           TYPE      s8 s16 s32 s64 (default) u8 u16 u32 u64 x ptr bool
                     str (64 bytes) str[N] (N up to 255)
+        A USDT probe is usdt:TARGET:PROVIDER:NAME [NAME=argN[:TYPE]...]; without
+        fields it records every argument ('utap list TARGET' shows the probes).
 
         An entry probe on a function that starts with endbr64 goes just
         after it (same state, much cheaper); SYMBOL+0 probes the first byte.
@@ -29,8 +31,10 @@ struct Trace: ParsableCommand {
           utap trace -p 4242 '/usr/sbin/nginx:ngx_http_process_request_line'
           utap trace --format json -o open.jsonl 'libc:open* path=arg0:str' -- ls
           utap trace --duration 5 'libc:write fd=arg0:s32 len=arg2:u64'
+          utap trace --filter 'arg2 > 4096 && comm == "nginx"' 'libc:write len=arg2'
+          utap trace --stack -p 4242 'libc:abort'
+          utap trace -p 4242 'usdt:/usr/bin/python3.11:python:gc__start gen=arg0'
         """)
-
 
     @OptionGroup var options: SessionOptions
 
