@@ -54,7 +54,9 @@ final class RecordDecoder {
         let idSize = Int(UTAP_BUILD_ID_FRAME_SIZE)
         let start = record.count - 8 - 8 * frames - idSize * ids
         guard frames <= Int(UTAP_STACK_MAX), ids <= Int(UTAP_STACK_MAX), start >= Int(UTAP_EVENT_HEADER_SIZE) else { return [] }
+        // A walk through code without frame pointers can end on a zero "return address".
         let addresses = (0..<frames).map { record.loadUnaligned(fromByteOffset: start + 8 * $0, as: UInt64.self) }
+            .prefix { $0 != 0 }
         let idStart = start + 8 * frames
         let buildIDs = (0..<ids).map { i -> BuildIDFrame in
             let at = idStart + idSize * i
@@ -63,7 +65,7 @@ final class RecordDecoder {
             return BuildIDFrame(valid: status == 1, buildID: Array(record[(at + 4)..<(at + 24)]),
                                 fileOffset: record.loadUnaligned(fromByteOffset: at + 24, as: UInt64.self))
         }
-        return symbolizer?.frames(pid: pid, addresses: addresses, buildIDFrames: buildIDs) ?? []
+        return symbolizer?.frames(pid: pid, addresses: Array(addresses), buildIDFrames: buildIDs) ?? []
     }
 
     /// Interprets a raw 64-bit value; for strings, `raw` is (offset << 32 | read result).
