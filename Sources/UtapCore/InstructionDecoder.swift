@@ -38,6 +38,11 @@ public enum InstructionDecoder {
         return returns
     }
 
+    /// The decoded instruction at `offset` (prefixes, ModRM, displacement fields).
+    static func decodedInstruction(at offset: Int, in code: [UInt8]) -> ZydisDecodedInstruction? {
+        decode(at: offset, in: code)
+    }
+
     private static func decode(at offset: Int, in code: [UInt8]) -> ZydisDecodedInstruction? {
         guard offset >= 0, offset < code.count else { return nil }
         var instruction = ZydisDecodedInstruction()
