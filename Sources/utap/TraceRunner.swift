@@ -134,6 +134,15 @@ struct TraceRunner {
             case .maxEvents, .outputClosed:
                 break
             }
+        } catch OutputError.writeFailed(let code) {
+            // A full disk or a dead device: stop tracing, say how much is missing, let a
+            // command finish on its own, and fail.
+            session.detach()
+            let missing = live.output.unwrittenBytes
+            warn("utap: error: write output: \(String(cString: strerror(code))): \(missing) bytes of events could not be written; probes detached",
+                 prefix: false)
+            _ = stops.exitStatus(after: .maxEvents)
+            return 1
         } catch {
             session.detach()
             try? writer.flush()

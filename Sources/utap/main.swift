@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import UtapCore
+import UtapOutput
 
 /// utap's root command: only wires subcommands; errors become one line on stderr.
 struct Utap: ParsableCommand {
@@ -78,6 +79,8 @@ do {
     try command.run()
 } catch let error as UtapError {
     reportAndExit(error)
+} catch let error as OutputError {
+    reportAndExit(.runtime(error.description))
 } catch let exit as ExitCode {
     Glibc.exit(exit.rawValue)
 } catch {

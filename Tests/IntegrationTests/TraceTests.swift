@@ -287,6 +287,24 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// Output to a full filesystem: one clear error, the count of what was not written,
+    /// probes detached, the command left to finish, exit status 1.
+    func testFullFilesystemFailsCleanly() throws {
+        let dir = NSTemporaryDirectory() + "utap-full-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertEqual(try Harness.run("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir]).status, 0)
+        defer { _ = try? Harness.run("/bin/umount", [dir]) }
+        let r = try Harness.utap(["trace", "--format", "json", "-o", dir + "/out.json", "add2 a=arg0 b=arg1",
+                                  "--", Harness.target("args_pie"), "20000"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stdout, "sum=599970000 strs=309\n", "the command ran to its end")
+        let lines = r.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.count, 2, r.stderr)
+        XCTAssertTrue(lines.last?.hasPrefix("utap: error: write output: No space left on device: ") == true, r.stderr)
+        XCTAssertTrue(lines.last?.hasSuffix(" bytes of events could not be written; probes detached") == true, r.stderr)
+    }
+
     func testIFuncResolvesToTheImplementationInUse() throws {
         let r = try trace(["libc:strlen s=arg0:str"], "args_pie")
         let seen = r.events("libc:strlen").compactMap { $0.field("s") as? String }
