@@ -390,9 +390,10 @@ static __always_inline int compare(__u64 a, __u64 b, __u8 cmp, __u8 is_signed)
 
 /*
  * Runs the --filter program for this hit. `latency_ok` says whether `latency` holds a
- * paired entry-to-return time.
+ * paired entry-to-return time. A global function: the verifier checks its loop once,
+ * not at every call site of every program (which doubled load time).
  */
-static __always_inline int passes_filter(struct pt_regs *ctx, __u64 latency, int latency_ok)
+__attribute__((noinline)) int passes_filter(struct pt_regs *ctx, __u64 latency, int latency_ok)
 {
     __u32 zero = 0;
     const struct utap_filter *f = bpf_map_lookup_elem(&filter, &zero);

@@ -66,6 +66,12 @@ final class BPFSession: TraceSession {
         try setMaxEntries("counts", count)
         try setMaxEntries("hists", count)
         try setMaxEntries("events", UInt32(plan.bufferBytes))
+        // Preallocated maps cost kernel memory (the pending-call table alone is ~17 MB):
+        // the ones this session does not use get a single entry.
+        let pairs = attachments.contains { $0.config.flags & UInt32(UTAP_PROBE_PUSH_TS.rawValue) != 0 }
+        if !pairs { try setMaxEntries("pending", 1) }
+        if plan.mode != .count(byPid: true) { try setMaxEntries("pid_counts", 1) }
+        if !plan.followForks { try setMaxEntries("traced", 1) }
         try setTracerPid(getpid())
         for name in ["utap_fork", "utap_exit"] {
             bpf_program__set_autoload(bpf_object__find_program_by_name(obj, name), plan.followForks)
