@@ -107,6 +107,19 @@ struct {
     __type(value, __u64);
 } pid_counts SEC(".maps");
 
+/* The name of each process counted by --by-pid, taken at its first hit (it may be gone
+ * by the time the report is read). */
+struct utap_comm {
+    char comm[16];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, struct utap_comm);
+} pid_comm SEC(".maps");
+
 /* Latency histograms per probe (utap latency); sized by the loader. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -320,6 +333,9 @@ static __always_inline void count_hit(const struct utap_probe_config *cfg)
             __u64 zero = 0;
             bpf_map_update_elem(&pid_counts, &key, &zero, BPF_NOEXIST);
             n = bpf_map_lookup_elem(&pid_counts, &key);
+            struct utap_comm name = {};
+            bpf_get_current_comm(name.comm, sizeof(name.comm));
+            bpf_map_update_elem(&pid_comm, &key.pid, &name, BPF_NOEXIST);
         }
         if (n)
             __sync_fetch_and_add(n, 1);

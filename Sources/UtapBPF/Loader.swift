@@ -70,7 +70,10 @@ final class BPFSession: TraceSession {
         // the ones this session does not use get a single entry.
         let pairs = attachments.contains { $0.config.flags & UInt32(UTAP_PROBE_PUSH_TS.rawValue) != 0 }
         if !pairs { try setMaxEntries("pending", 1) }
-        if plan.mode != .count(byPid: true) { try setMaxEntries("pid_counts", 1) }
+        if plan.mode != .count(byPid: true) {
+            try setMaxEntries("pid_counts", 1)
+            try setMaxEntries("pid_comm", 1)
+        }
         if !plan.followForks { try setMaxEntries("traced", 1) }
         try setTracerPid(getpid())
         for name in ["utap_fork", "utap_exit"] {
@@ -322,7 +325,11 @@ final class BPFSession: TraceSession {
             first = false
             key = next
             if bpf_map_lookup_elem(fd, &key, &perCPU) == 0 {
-                result.append(ProcessCount(probe: Int(key.probe), pid: Int32(bitPattern: key.pid), count: perCPU.reduce(0, +)))
+                var pid = key.pid
+                var name = [UInt8](repeating: 0, count: 16)
+                let known = bpf_map_lookup_elem(bpf_map__fd(map("pid_comm")), &pid, &name) == 0
+                let comm = known ? String(decoding: name.prefix { $0 != 0 }, as: UTF8.self) : "?"
+                result.append(ProcessCount(probe: Int(key.probe), pid: Int32(bitPattern: pid), comm: comm, count: perCPU.reduce(0, +)))
             }
         }
         return result

@@ -12,11 +12,14 @@ public enum TraceMode: Equatable, Sendable {
 public struct ProcessCount: Equatable, Sendable {
     public var probe: Int
     public var pid: Int32
+    /// The process's name at its first counted hit ("?" if the kernel's table was full).
+    public var comm: String
     public var count: UInt64
 
-    public init(probe: Int, pid: Int32, count: UInt64) {
+    public init(probe: Int, pid: Int32, comm: String, count: UInt64) {
         self.probe = probe
         self.pid = pid
+        self.comm = comm
         self.count = count
     }
 }
@@ -127,7 +130,7 @@ public struct Aggregates: Equatable, Sendable {
         return Aggregates(
             counts: zip(counts, earlier.counts).map { $0 - $1 },
             processCounts: processCounts.map {
-                ProcessCount(probe: $0.probe, pid: $0.pid, count: $0.count - (before["\($0.probe)/\($0.pid)"] ?? 0))
+                ProcessCount(probe: $0.probe, pid: $0.pid, comm: $0.comm, count: $0.count - (before["\($0.probe)/\($0.pid)"] ?? 0))
             }.filter { $0.count > 0 },
             histograms: zip(histograms, earlier.histograms).map { $0.since($1) })
     }

@@ -4,8 +4,8 @@ import UtapCore
 /// or one JSON object per probe (and process) per report.
 ///
 /// JSON, keys in this order:
-/// `{"type":"count","ts_ns":T,"probe":"libc:malloc","pid":42,"count":1000}` (`pid` only
-/// with --by-pid) and
+/// `{"type":"count","ts_ns":T,"probe":"libc:malloc","pid":42,"comm":"app","count":1000}`
+/// (`pid` and `comm` only with --by-pid) and
 /// `{"type":"latency","ts_ns":T,"probe":"f","count":3,"sum_ns":…,"max_ns":…,"p50_ns":…,
 /// "p90_ns":…,"p99_ns":…,"buckets":[{"ge_ns":16777216,"lt_ns":33554432,"count":3}]}`
 /// where percentiles are upper bounds (the top of their bucket, at most max_ns).
@@ -26,9 +26,9 @@ public final class AggregateWriter {
 
     /// Hit counts, most hits first. With `byPid`, one row per probe and process.
     public func writeCounts(_ aggregates: Aggregates, byPid: Bool, timestampNs: UInt64) throws {
-        let rows: [(probe: Int, pid: Int32?, count: UInt64)] = byPid
-            ? aggregates.processCounts.map { ($0.probe, $0.pid, $0.count) }
-            : aggregates.counts.enumerated().map { ($0.offset, nil, $0.element) }
+        let rows: [(probe: Int, pid: Int32?, comm: String, count: UInt64)] = byPid
+            ? aggregates.processCounts.map { ($0.probe, $0.pid, $0.comm, $0.count) }
+            : aggregates.counts.enumerated().map { ($0.offset, nil, "", $0.element) }
         let sorted = rows.sorted { a, b in
             if a.count != b.count { return a.count > b.count }
             if a.probe != b.probe { return name(a.probe) < name(b.probe) }
@@ -43,6 +43,8 @@ public final class AggregateWriter {
                 if let pid = row.pid {
                     output.append(#","pid":"#)
                     output.appendDecimal(Int64(pid))
+                    output.append(#","comm":"#)
+                    output.appendJSONString(row.comm)
                 }
                 output.append(#","count":"#)
                 output.appendDecimal(row.count)
@@ -51,7 +53,10 @@ public final class AggregateWriter {
         } else {
             let width = max(sorted.map { name($0.probe).utf8.count }.max() ?? 0, 5) + 2
             column("PROBE", width)
-            if byPid { column("PID", 10) }
+            if byPid {
+                column("PID", 10)
+                column("COMM", 17)
+            }
             output.append("COUNT\n")
             for row in sorted {
                 column(name(row.probe), width)
@@ -59,6 +64,7 @@ public final class AggregateWriter {
                     let start = output.bufferedCount
                     output.appendDecimal(Int64(pid))
                     output.pad(from: start, toWidth: 10)
+                    column(row.comm, 17)
                 }
                 output.appendDecimal(row.count)
                 output.append(0x0A)

@@ -45,6 +45,7 @@ final class AggregateTests: XCTestCase {
         var perPid: [Int: Int] = [:]
         for row in r.records where row["type"] as? String == "count" {
             perPid[row["pid"] as! Int] = row["count"] as? Int
+            XCTAssertEqual(row["comm"] as? String, "args_pie", "named at its first hit, though gone by the report")
         }
         XCTAssertEqual(perPid, [pids[0]: 30, pids[1]: 70])
 
