@@ -18,6 +18,7 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("stdc++")]),
         .target(name: "UtapBPF", dependencies: ["UtapCore", "UtapABI", "UtapBPFObject", "CLibbpf"]),
         .target(name: "UtapOutput", dependencies: ["UtapCore"]),
+        .target(name: "UtapPtrace", dependencies: ["UtapCore", "CUtapSys"]),
         .executableTarget(name: "utap", dependencies: [
             "UtapCore", "UtapBPF", "UtapOutput",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -25,6 +26,7 @@ let package = Package(
         .testTarget(name: "UtapCoreTests", dependencies: ["UtapCore"]),
         .testTarget(name: "UtapOutputTests", dependencies: ["UtapOutput", "UtapCore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["UtapCore"]),
+        .testTarget(name: "UtapPtraceTests", dependencies: ["UtapPtrace", "UtapCore"]),
     ],
     swiftLanguageModes: [.v5]
 )

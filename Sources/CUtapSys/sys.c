@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <sys/ptrace.h>
 #include <linux/bpf.h>
 
 pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[], int gate_fd,
@@ -96,4 +97,10 @@ int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *o
     attr.pid = pid > 0 ? (__u32)pid : 0;
     long fd = syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
     return fd < 0 ? -errno : (int)fd;
+}
+
+long utap_ptrace(int request, pid_t pid, void *addr, void *data)
+{
+    errno = 0;
+    return ptrace((enum __ptrace_request)request, pid, addr, data);
 }

@@ -25,4 +25,11 @@ int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *o
                            const unsigned long *ref_ctr_offsets, const unsigned long long *cookies,
                            unsigned int cnt, int retprobe, int pid);
 #define UTAP_BPF_TRACE_UPROBE_MULTI 48
+
+/*
+ * ptrace(2) without the variadic signature Swift cannot call. errno is cleared first, so for
+ * PTRACE_PEEK* a result of -1 is an error only when errno is then nonzero. Returns what
+ * ptrace() returns (-1 with errno on failure).
+ */
+long utap_ptrace(int request, pid_t pid, void *addr, void *data);
 #endif

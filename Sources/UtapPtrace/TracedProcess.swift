@@ -1,0 +1,372 @@
+import CUtapSys
+import Glibc
+import UtapCore
+
+/// A running process under `PTRACE_SEIZE`, every thread of it, with int3 breakpoints written
+/// into its text (docs: /work/shared/notes/ptrace-xol.md §0).
+///
+/// First building block of the ptrace backend: seize, write and remove breakpoints, read
+/// memory, detach. There is no event loop yet: nothing handles a breakpoint hit (a thread that
+/// executes one stays in a SIGTRAP signal-delivery-stop until `detach()`, which then delivers
+/// the SIGTRAP and kills the process), and a thread that clones, forks or execs stays in that
+/// ptrace-stop until the next call that waits on it (`detach()`, or a `PTRACE_POKETEXT` fallback).
+///
+/// **One tracer thread.** Linux accepts ptrace requests only from the thread that attached
+/// (and `ptrace_access_vm` the same for text writes): every call, including the last release
+/// that runs `deinit`, must come from the thread that created the object. Calls from another
+/// thread trap (precondition).
+///
+/// Waits are per thread id (`waitpid(tid, …, __WALL)`), never `waitpid(-1)`, so that other
+/// children of the tracer are not reaped by accident. Do not let anything else in the tracer
+/// wait on the target's pid while it is seized (Foundation's `Process` does): a ptrace-stop is
+/// reported to every thread of the tracer and could be consumed there.
+public final class TracedProcess {
+    public let pid: Int32
+    /// Thread ids currently seized by this object.
+    public private(set) var threads: Set<Int32> = []
+    /// Breakpoints in place: runtime address → original byte.
+    public private(set) var breakpoints: [UInt64: UInt8] = [:]
+    /// Fork/vfork children auto-attached through TRACEFORK/TRACEVFORK; detached by `detach()`.
+    public private(set) var forkedChildren: Set<Int32> = []
+    /// False once `detach()` ran.
+    public private(set) var isAttached = false
+
+    private let owner = pthread_self()
+    private var memFD: Int32 = -1
+
+    /// How memory is read and written.
+    public enum MemoryAccess: Sendable {
+        /// pread/pwrite on /proc/PID/mem, falling back to PTRACE_PEEKTEXT/POKETEXT when the
+        /// kernel refuses (e.g. `proc_mem.force_override=never`).
+        case procMem
+        /// PTRACE_PEEKTEXT/POKETEXT only, each access briefly interrupting one thread (tests
+        /// use it to exercise the fallback).
+        case ptraceOnly
+    }
+
+    /// Seizes every thread of `pid`: scans `/proc/PID/task` until two passes in a row find
+    /// nothing new. Refuses a process already traced by someone else, naming its TracerPid.
+    public init(pid: Int32, memoryAccess: MemoryAccess = .procMem) throws(UtapError) {
+        self.pid = pid
+        let tracer = Self.tracerPid(pid)
+        guard let tracer else { throw .runtime("pid \(pid): no such process") }
+        if tracer != 0 { throw Self.alreadyTraced(pid, by: tracer) }
+        isAttached = true
+        do throws(UtapError) {
+            var quietPasses = 0
+            while quietPasses < 2 {
+                var foundNew = false
+                for tid in try Self.taskIDs(pid) where !threads.contains(tid) {
+                    if try seize(tid) { foundNew = true }
+                }
+                quietPasses = foundNew ? 0 : quietPasses + 1
+            }
+            guard !threads.isEmpty else { throw UtapError.runtime("pid \(pid): no such process") }
+            if memoryAccess == .procMem { memFD = open("/proc/\(pid)/mem", O_RDWR | O_CLOEXEC) }
+            // No memFD is not fatal: every access falls back to PTRACE_PEEK/POKE.
+        } catch {
+            detach()
+            throw error
+        }
+    }
+
+    deinit {
+        detach()
+    }
+
+    // MARK: breakpoints
+
+    /// Writes int3 (0xCC) at `address` after checking that the byte there is `original` (the
+    /// byte the ELF file has at that address). Refuses, writing nothing, when it differs
+    /// (code changed, or already 0xCC: another tool's or a stale breakpoint).
+    public func insertBreakpoint(at address: UInt64, expecting original: UInt8) throws(UtapError) {
+        checkThread()
+        guard isAttached else { throw .runtime("pid \(pid): not attached") }
+        if breakpoints[address] != nil {
+            throw .runtime("pid \(pid): \(hex(address)): a breakpoint is already there")
+        }
+        let current = try read(address, count: 1)[0]
+        guard current == original else {
+            if current == 0xCC {
+                throw .runtime("pid \(pid): \(hex(address)): memory already holds int3 (0xcc), expected \(hex(original))",
+                               hint: "another debugger's breakpoint, or a stale one left by a killed tracer")
+            }
+            throw .runtime("pid \(pid): \(hex(address)): memory holds \(hex(current)), the file \(hex(original))",
+                           hint: "the code in memory differs from the file (modified, or another file)")
+        }
+        try writeByte(0xCC, at: address)
+        breakpoints[address] = original
+        let back = try read(address, count: 1)[0]
+        guard back == 0xCC else {
+            breakpoints[address] = nil
+            throw .runtime("pid \(pid): \(hex(address)): int3 write did not stick (reads \(hex(back)))")
+        }
+    }
+
+    /// Restores the original byte at `address`, only if memory still holds 0xCC. The
+    /// breakpoint is forgotten either way.
+    public func removeBreakpoint(at address: UInt64) throws(UtapError) {
+        checkThread()
+        guard let original = breakpoints[address] else {
+            throw .runtime("pid \(pid): \(hex(address)): no breakpoint there")
+        }
+        breakpoints[address] = nil
+        let current = try read(address, count: 1)[0]
+        guard current == 0xCC else {
+            throw .runtime("pid \(pid): \(hex(address)): expected int3 (0xcc), memory holds \(hex(current)); left as is")
+        }
+        try writeByte(original, at: address)
+    }
+
+    // MARK: memory
+
+    /// `count` bytes of the target's memory at `address` (through /proc/PID/mem, else
+    /// PTRACE_PEEKDATA). Throws when any of it cannot be read.
+    public func read(_ address: UInt64, count: Int) throws(UtapError) -> [UInt8] {
+        checkThread()
+        guard isAttached else { throw .runtime("pid \(pid): not attached") }
+        guard count > 0 else { return [] }
+        var buffer = [UInt8](repeating: 0, count: count)
+        if memFD >= 0 {
+            var filled = 0
+            var failure: Int32 = 0
+            while filled < count {
+                let got = buffer.withUnsafeMutableBytes { raw in
+                    pread(memFD, raw.baseAddress! + filled, count - filled, off_t(Int64(bitPattern: address &+ UInt64(filled))))
+                }
+                if got < 0 && errno == EINTR { continue }
+                if got <= 0 { failure = got < 0 ? errno : EIO; break }
+                filled += got
+            }
+            if filled == count { return buffer }
+            if failure != EIO && failure != EPERM && failure != EACCES {
+                throw .runtime("pid \(pid): cannot read \(count) bytes at \(hex(address)): \(String(cString: strerror(failure)))")
+            }
+        }
+        // Fallback: word by word, aligned (a mapping never ends inside an aligned word).
+        let first = address & ~7, end = address + UInt64(count)
+        try withStoppedThread { (tid) throws(UtapError) in
+            var word = first
+            while word < end {
+                let value = try peek(tid, word)
+                for i in 0..<UInt64(8) where word + i >= address && word + i < end {
+                    buffer[Int(word + i - address)] = UInt8(truncatingIfNeeded: value >> (8 * i))
+                }
+                word += 8
+            }
+        }
+        return buffer
+    }
+
+    private func writeByte(_ byte: UInt8, at address: UInt64) throws(UtapError) {
+        if memFD >= 0 {
+            var value = byte
+            let wrote = pwrite(memFD, &value, 1, off_t(Int64(bitPattern: address)))
+            if wrote == 1 { return }
+            // EIO/EPERM: e.g. proc_mem.force_override=never refuses FOLL_FORCE; use ptrace.
+        }
+        let word = address & ~7
+        let shift = 8 * (address - word)
+        try withStoppedThread { (tid) throws(UtapError) in
+            let old = try peek(tid, word)
+            let new = (old & ~(0xFF << shift)) | (UInt64(byte) << shift)
+            if utap_ptrace(PT.POKETEXT, tid, UnsafeMutableRawPointer(bitPattern: UInt(word)),
+                           UnsafeMutableRawPointer(bitPattern: UInt(new))) < 0 {
+                throw UtapError.runtime("pid \(pid): cannot write \(hex(address)): PTRACE_POKETEXT: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    private func peek(_ tid: Int32, _ word: UInt64) throws(UtapError) -> UInt64 {
+        let value = utap_ptrace(PT.PEEKTEXT, tid, UnsafeMutableRawPointer(bitPattern: UInt(word)), nil)
+        if value == -1 && errno != 0 {
+            throw .runtime("pid \(pid): cannot read \(hex(word)): PTRACE_PEEKTEXT: \(String(cString: strerror(errno)))")
+        }
+        return UInt64(bitPattern: Int64(value))
+    }
+
+    // MARK: detach
+
+    /// Restores every breakpoint still in place (only where memory still reads 0xCC), then
+    /// interrupts and detaches every thread, re-delivering any signal a thread was stopped
+    /// with. Idempotent; also run by `deinit`. Best effort: a thread that exits meanwhile is
+    /// simply dropped.
+    public func detach() {
+        guard isAttached else { return }
+        checkThread()
+        for address in breakpoints.keys.sorted() {
+            try? removeBreakpoint(at: address)
+        }
+        breakpoints = [:]
+        var pending = threads.union(forkedChildren)
+        while let tid = pending.popFirst() {
+            if utap_ptrace(PT.INTERRUPT, tid, nil, nil) < 0 {
+                threads.remove(tid)  // ESRCH: gone (or not ours any more)
+                continue
+            }
+            switch waitForStop(tid, discovered: { pending.insert($0) }) {
+            case .gone:
+                break
+            case .stopped(let signal):
+                _ = utap_ptrace(PT.DETACH, tid, nil, UnsafeMutableRawPointer(bitPattern: UInt(signal)))
+            }
+            threads.remove(tid)
+        }
+        threads = []
+        forkedChildren = []
+        if memFD >= 0 { close(memFD); memFD = -1 }
+        isAttached = false
+    }
+
+    // MARK: internals
+
+    /// Seizes one thread. True when it is newly ours; false when it vanished or was already
+    /// ours (auto-attached through TRACECLONE).
+    private func seize(_ tid: Int32) throws(UtapError) -> Bool {
+        let options = PT.O_TRACECLONE | PT.O_TRACEFORK | PT.O_TRACEVFORK | PT.O_TRACEEXEC
+        if utap_ptrace(PT.SEIZE, tid, nil, UnsafeMutableRawPointer(bitPattern: UInt(options))) == 0 {
+            threads.insert(tid)
+            return true
+        }
+        let failure = errno
+        if failure == ESRCH { return false }  // exited between the scan and the seize
+        let tracer = Self.tracerPid(pid, tid: tid)
+        if failure == EPERM, let tracer, tracer == getpid() {
+            // Auto-attached child of a seized thread.
+            threads.insert(tid)
+            return true
+        }
+        if let tracer, tracer != 0 { throw Self.alreadyTraced(pid, by: tracer) }
+        if tracer == nil { return false }
+        throw .runtime("pid \(pid): cannot attach to thread \(tid): PTRACE_SEIZE: \(String(cString: strerror(failure)))",
+                       hint: failure == EPERM ? "run utap as root (or with CAP_SYS_PTRACE)" : nil)
+    }
+
+    private enum StopOutcome { case gone, stopped(signal: Int32) }
+
+    /// Waits for `tid` (already sent PTRACE_INTERRUPT) to reach a stop where it can be
+    /// operated on. A signal-delivery-stop counts, returning the signal to deliver on resume;
+    /// clone/fork/vfork/exec event stops also count (the new task is reported to
+    /// `discovered`, being auto-attached).
+    private func waitForStop(_ tid: Int32, discovered: (Int32) -> Void) -> StopOutcome {
+        while true {
+            var status: Int32 = 0
+            let got = waitpid(tid, &status, PT.WALL)
+            if got < 0 {
+                if errno == EINTR { continue }
+                return .gone  // ECHILD: not ours / already reaped
+            }
+            let low = status & 0x7F
+            if low == 0 || (low != 0x7F) { return .gone }  // exited or killed
+            let signal = (status >> 8) & 0xFF
+            let event = (status >> 16) & 0xFF
+            switch event {
+            case 0:
+                return .stopped(signal: signal)  // signal-delivery-stop: deliver it on resume
+            case PT.EVENT_CLONE, PT.EVENT_FORK, PT.EVENT_VFORK:
+                var message: UInt = 0
+                if utap_ptrace(PT.GETEVENTMSG, tid, nil, &message) == 0 {
+                    let child = Int32(truncatingIfNeeded: message)
+                    if event == PT.EVENT_CLONE { threads.insert(child) } else { forkedChildren.insert(child) }
+                    discovered(child)
+                }
+                return .stopped(signal: 0)
+            default:
+                return .stopped(signal: 0)  // EVENT_STOP (interrupt or group-stop), EVENT_EXEC
+            }
+        }
+    }
+
+    /// Runs `body` with one thread in a ptrace-stop (for PTRACE_PEEK/POKE), then resumes it.
+    private func withStoppedThread(_ body: (Int32) throws(UtapError) -> Void) throws(UtapError) {
+        for tid in threads.sorted() {
+            guard utap_ptrace(PT.INTERRUPT, tid, nil, nil) == 0 else { continue }
+            var others: [Int32] = []
+            switch waitForStop(tid, discovered: { others.append($0) }) {
+            case .gone:
+                threads.remove(tid)
+                continue
+            case .stopped(let signal):
+                defer {
+                    _ = utap_ptrace(PT.CONT, tid, nil, UnsafeMutableRawPointer(bitPattern: UInt(signal)))
+                }
+                try body(tid)
+                return
+            }
+        }
+        throw .runtime("pid \(pid): no thread left to stop")
+    }
+
+    private func checkThread() {
+        precondition(pthread_equal(owner, pthread_self()) != 0,
+                     "TracedProcess used from a thread other than the one that created it")
+    }
+
+    private func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
+
+    private static func alreadyTraced(_ pid: Int32, by tracer: Int32) -> UtapError {
+        let name = readText("/proc/\(tracer)/comm")?.split(separator: "\n").first.map(String.init)
+        return .runtime("pid \(pid): already traced by pid \(tracer)" + (name.map { " (\($0))" } ?? ""),
+                        hint: "a process has one tracer at a time; detach the other one (gdb, strace, …) first")
+    }
+
+    /// TracerPid from /proc/PID[/task/TID]/status, nil when the process (thread) is gone.
+    static func tracerPid(_ pid: Int32, tid: Int32? = nil) -> Int32? {
+        let path = tid.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
+        guard let text = readText(path) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("TracerPid:") {
+            return Int32(line.dropFirst("TracerPid:".count).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
+        }
+        return nil
+    }
+
+    static func taskIDs(_ pid: Int32) throws(UtapError) -> [Int32] {
+        guard let dir = opendir("/proc/\(pid)/task") else {
+            throw .runtime("pid \(pid): no such process")
+        }
+        defer { closedir(dir) }
+        var ids: [Int32] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if let tid = Int32(name) { ids.append(tid) }
+        }
+        return ids.sorted()
+    }
+
+    static func readText(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let got = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+            if got < 0 && errno == EINTR { continue }
+            if got < 0 { return nil }
+            if got == 0 { break }
+            data += chunk[0..<got]
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// ptrace(2) request and option numbers (linux/ptrace.h), as Int32 for `utap_ptrace`.
+enum PT {
+    static let PEEKTEXT: Int32 = 1
+    static let POKETEXT: Int32 = 4
+    static let CONT: Int32 = 7
+    static let DETACH: Int32 = 17
+    static let GETEVENTMSG: Int32 = 0x4201
+    static let SEIZE: Int32 = 0x4206
+    static let INTERRUPT: Int32 = 0x4207
+    static let O_TRACEFORK: Int32 = 1 << 1
+    static let O_TRACEVFORK: Int32 = 1 << 2
+    static let O_TRACECLONE: Int32 = 1 << 3
+    static let O_TRACEEXEC: Int32 = 1 << 4
+    static let EVENT_FORK: Int32 = 1
+    static let EVENT_VFORK: Int32 = 2
+    static let EVENT_CLONE: Int32 = 3
+    static let WALL: Int32 = 0x4000_0000
+}
