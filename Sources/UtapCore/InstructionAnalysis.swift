@@ -11,7 +11,9 @@ public enum Emulation: Equatable, Sendable {
     case push(Register, next: UInt64)
     /// `mov %rsp,%rbp`
     case moveStackPointerToFramePointer(next: UInt64)
-    /// `sub $imm,%rsp` (flags computed as the CPU would)
+    /// `sub $imm,%rsp` (flags computed as the CPU would). The immediate as a 32-bit pattern
+    /// that the CPU sign-extends to 64 bits (an imm8 is already sign-extended to 32 here:
+    /// `48 83 ec 80` is 0xffffff80, i.e. rsp += 128).
     case subtractFromStackPointer(UInt32, next: UInt64)
 }
 
@@ -141,7 +143,7 @@ public enum InstructionAnalysis {
         let body = Array(code[i..<length])
         if rex == 0x48 && prefixes.isEmpty {
             if body == [0x89, 0xE5] || body == [0x8B, 0xEC] { return .moveStackPointerToFramePointer(next: next) }
-            if body.count == 3, body[0] == 0x83, body[1] == 0xEC { return .subtractFromStackPointer(UInt32(body[2]), next: next) }
+            if body.count == 3, body[0] == 0x83, body[1] == 0xEC { return .subtractFromStackPointer(UInt32(bitPattern: Int32(Int8(bitPattern: body[2]))), next: next) }
             if body.count == 6, body[0] == 0x81, body[1] == 0xEC {
                 return .subtractFromStackPointer(UInt32(body[2]) | UInt32(body[3]) << 8 | UInt32(body[4]) << 16 | UInt32(body[5]) << 24, next: next)
             }

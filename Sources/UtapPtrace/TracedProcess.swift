@@ -6,10 +6,11 @@ import UtapCore
 /// into its text (docs: /work/shared/notes/ptrace-xol.md §0).
 ///
 /// First building block of the ptrace backend: seize, write and remove breakpoints, read
-/// memory, detach. There is no event loop yet: nothing handles a breakpoint hit (a thread that
-/// executes one stays in a SIGTRAP signal-delivery-stop until `detach()`, which then delivers
-/// the SIGTRAP and kills the process), and a thread that clones, forks or execs stays in that
-/// ptrace-stop until the next call that waits on it (`detach()`, or a `PTRACE_POKETEXT` fallback).
+/// memory, detach. The event loop is `HitLoop` (HitLoop.swift); without one, a thread that
+/// executes a breakpoint stays in a SIGTRAP signal-delivery-stop until `detach()`, which
+/// moves its rip back onto the breakpoint's address (restored) and resumes it with no signal,
+/// and a thread that clones, forks or execs stays in that ptrace-stop until the next call that
+/// waits on it (`detach()`, or a `PTRACE_POKETEXT` fallback).
 ///
 /// **One tracer thread.** Linux accepts ptrace requests only from the thread that attached
 /// (and `ptrace_access_vm` the same for text writes): every call, including the last release
@@ -30,6 +31,10 @@ public final class TracedProcess {
     public private(set) var forkedChildren: Set<Int32> = []
     /// False once `detach()` ran.
     public private(set) var isAttached = false
+    /// Addresses of breakpoints removed while attached: a thread may still report the int3
+    /// it executed there before the removal (ptrace-xol.md §1a step 2), and is then moved
+    /// back onto the address (rip = address) with no signal.
+    public private(set) var retiredBreakpoints: Set<UInt64> = []
 
     private let owner = pthread_self()
     private var memFD: Int32 = -1
@@ -111,6 +116,7 @@ public final class TracedProcess {
             throw .runtime("pid \(pid): \(hex(address)): no breakpoint there")
         }
         breakpoints[address] = nil
+        retiredBreakpoints.insert(address)
         let current = try read(address, count: 1)[0]
         guard current == 0xCC else {
             throw .runtime("pid \(pid): \(hex(address)): expected int3 (0xcc), memory holds \(hex(current)); left as is")
@@ -198,6 +204,7 @@ public final class TracedProcess {
             try? removeBreakpoint(at: address)
         }
         breakpoints = [:]
+        let rewindable = retiredBreakpoints
         var pending = threads.union(forkedChildren)
         while let tid = pending.popFirst() {
             if utap_ptrace(PT.INTERRUPT, tid, nil, nil) < 0 {
@@ -207,15 +214,49 @@ public final class TracedProcess {
             switch waitForStop(tid, discovered: { pending.insert($0) }) {
             case .gone:
                 break
-            case .stopped(let signal):
+            case .stopped(var signal):
+                // A thread parked at one of our int3s: back onto the (restored) instruction,
+                // and the SIGTRAP is ours, not the program's.
+                if signal == SIGTRAP, Self.isBreakpointTrap(tid), var regs = try? Registers.get(tid),
+                   rewindable.contains(regs[.rip] &- 1) {
+                    regs[.rip] &-= 1
+                    if (try? regs.set(tid)) != nil { signal = 0 }
+                }
                 _ = utap_ptrace(PT.DETACH, tid, nil, UnsafeMutableRawPointer(bitPattern: UInt(signal)))
             }
             threads.remove(tid)
         }
         threads = []
         forkedChildren = []
+        retiredBreakpoints = []
         if memFD >= 0 { close(memFD); memFD = -1 }
         isAttached = false
+    }
+
+    // MARK: for HitLoop (same module)
+
+    /// A thread auto-attached through TRACECLONE, seen by the event loop.
+    func adoptThread(_ tid: Int32) { threads.insert(tid) }
+    /// A thread the event loop saw exit.
+    func dropThread(_ tid: Int32) { threads.remove(tid) }
+    /// A fork/vfork child the event loop saw.
+    func adoptForkedChild(_ pid: Int32) { forkedChildren.insert(pid) }
+    func dropForkedChild(_ pid: Int32) { forkedChildren.remove(pid) }
+    /// The whole process is gone (its leader reaped by the event loop): nothing to detach.
+    func markGone() {
+        threads = []
+        forkedChildren = []
+        breakpoints = [:]
+        retiredBreakpoints = []
+        if memFD >= 0 { close(memFD); memFD = -1 }
+        isAttached = false
+    }
+
+    /// True when `tid`, in a SIGTRAP signal-delivery-stop, got it from an int3
+    /// (`si_code == SI_KERNEL`).
+    static func isBreakpointTrap(_ tid: Int32) -> Bool {
+        guard let info = try? SignalInfo.get(tid) else { return false }
+        return info.signal == SIGTRAP && info.code == SignalInfo.kernel
     }
 
     // MARK: internals
@@ -356,11 +397,16 @@ public final class TracedProcess {
 enum PT {
     static let PEEKTEXT: Int32 = 1
     static let POKETEXT: Int32 = 4
+    static let POKEDATA: Int32 = 5
     static let CONT: Int32 = 7
+    static let GETREGS: Int32 = 12
+    static let SETREGS: Int32 = 13
     static let DETACH: Int32 = 17
     static let GETEVENTMSG: Int32 = 0x4201
+    static let GETSIGINFO: Int32 = 0x4202
     static let SEIZE: Int32 = 0x4206
     static let INTERRUPT: Int32 = 0x4207
+    static let LISTEN: Int32 = 0x4208
     static let O_TRACEFORK: Int32 = 1 << 1
     static let O_TRACEVFORK: Int32 = 1 << 2
     static let O_TRACECLONE: Int32 = 1 << 3
@@ -368,5 +414,7 @@ enum PT {
     static let EVENT_FORK: Int32 = 1
     static let EVENT_VFORK: Int32 = 2
     static let EVENT_CLONE: Int32 = 3
+    static let EVENT_EXEC: Int32 = 4
+    static let EVENT_STOP: Int32 = 128
     static let WALL: Int32 = 0x4000_0000
 }

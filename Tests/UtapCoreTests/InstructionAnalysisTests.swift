@@ -28,6 +28,8 @@ final class InstructionAnalysisTests: XCTestCase {
         XCTAssertEqual(plan([0x48, 0x8B, 0xEC]), .emulate(.moveStackPointerToFramePointer(next: a + 3)))
         XCTAssertEqual(plan([0x48, 0x83, 0xEC, 0x18]), .emulate(.subtractFromStackPointer(0x18, next: a + 4)))
         XCTAssertEqual(plan([0x48, 0x81, 0xEC, 0x00, 0x10, 0x00, 0x00]), .emulate(.subtractFromStackPointer(0x1000, next: a + 7)))
+        // imm8 is sign-extended: 48 83 ec 80 is sub $-128,%rsp.
+        XCTAssertEqual(plan([0x48, 0x83, 0xEC, 0x80]), .emulate(.subtractFromStackPointer(0xFFFF_FF80, next: a + 4)))
     }
 
     func testSteppedClassesAndTheirFixups() {

@@ -187,6 +187,7 @@ final class TracedProcessTests: XCTestCase {
         private let stdinFD: Int32
         private let stdoutFD: Int32
         private var reaped = false
+        private var released = false
         private var output = ""
 
         private init(pid: Int32, path: String, stdinFD: Int32, stdoutFD: Int32) {
@@ -197,7 +198,8 @@ final class TracedProcessTests: XCTestCase {
         }
 
         static func start(_ name: String, _ arguments: [String]) throws -> Target {
-            let path = URL(fileURLWithPath: TracedProcessTests.targets + "/" + name).resolvingSymlinksInPath().path
+            let path = URL(fileURLWithPath: name.hasPrefix("/") ? name : TracedProcessTests.targets + "/" + name)
+                .resolvingSymlinksInPath().path
             var input: [Int32] = [0, 0], output: [Int32] = [0, 0]
             guard pipe(&input) == 0, pipe(&output) == 0 else {
                 throw UtapError.runtime("pipe: \(String(cString: strerror(errno)))")
@@ -238,11 +240,42 @@ final class TracedProcessTests: XCTestCase {
             }
         }
 
-        /// Lets the target make its calls; returns its exit status and the rest of its stdout.
-        func release(timeout: Double = 20) throws -> (Int32, String) {
+        /// Lets the target make its calls (answers its `--wait` handshake), returning at once.
+        func go() {
+            guard !released else { return }
+            released = true
             var newline = UInt8(ascii: "\n")
             _ = write(stdinFD, &newline, 1)
             close(stdinFD)
+        }
+
+        /// The rest of its stdout, for a target whose exit status someone else reaped (a
+        /// tracer's `waitpid(-1)`).
+        func outputAfterReaped(timeout: Double = 20) throws -> String {
+            go()
+            reaped = true
+            defer { close(stdoutFD) }
+            return try readToEnd(timeout: timeout)
+        }
+
+        private func readToEnd(timeout: Double) throws -> String {
+            var data: [UInt8] = []
+            let deadline = Date().addingTimeInterval(timeout)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
+                let left = Int32(max(0, deadline.timeIntervalSinceNow) * 1000)
+                guard poll(&pfd, 1, left) > 0 else { throw UtapError.runtime("target did not finish in \(timeout) s") }
+                let got = buffer.withUnsafeMutableBytes { Glibc.read(stdoutFD, $0.baseAddress!, $0.count) }
+                if got <= 0 { break }
+                data += buffer[0..<got]
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
+
+        /// Lets the target make its calls; returns its exit status and the rest of its stdout.
+        func release(timeout: Double = 20) throws -> (Int32, String) {
+            go()
             var data: [UInt8] = []
             let deadline = Date().addingTimeInterval(timeout)
             var buffer = [UInt8](repeating: 0, count: 4096)
@@ -268,7 +301,7 @@ final class TracedProcessTests: XCTestCase {
             var status: Int32 = 0
             waitpid(pid, &status, 0)
             reaped = true
-            close(stdinFD)
+            if !released { close(stdinFD) }
             close(stdoutFD)
         }
     }
