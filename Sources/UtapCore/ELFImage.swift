@@ -295,22 +295,9 @@ private struct Contents {
     var hasSymtab = false
     var buildID: [UInt8] = []
 
-    /// NT_GNU_BUILD_ID from a note section, named "GNU".
+    /// NT_GNU_BUILD_ID (3) from a note section, owner "GNU".
     mutating func readBuildID(_ data: UnsafeMutablePointer<Elf_Data>) {
-        guard let base = data.pointee.d_buf else { return }
-        var offset = 0
-        var note = GElf_Nhdr()
-        var nameOffset = 0, descOffset = 0
-        while true {
-            let next = gelf_getnote(data, offset, &note, &nameOffset, &descOffset)
-            if next == 0 { return }
-            if note.n_type == 3 /* NT_GNU_BUILD_ID */, note.n_namesz == 4,
-               memcmp(base + nameOffset, "GNU", 4) == 0 {
-                buildID = Array(UnsafeRawBufferPointer(start: base + descOffset, count: Int(note.n_descsz)))
-                return
-            }
-            offset = next
-        }
+        if let id = elfNotes(in: data, owner: "GNU", type: 3).first { buildID = Array(id) }
     }
 
     private static let libelfReady: Bool = elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE)

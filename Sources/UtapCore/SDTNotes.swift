@@ -103,21 +103,9 @@ public enum SDTNotes {
     }
 
     static func probes(in data: UnsafeMutablePointer<Elf_Data>, base: UInt64?) -> [SDTProbe] {
-        guard let start = data.pointee.d_buf else { return [] }
-        let bytes = UnsafeRawBufferPointer(start: start, count: data.pointee.d_size)
         var result: [SDTProbe] = []
-        var offset = 0
-        var note = GElf_Nhdr()
-        var nameOffset = 0, descOffset = 0
-        while true {
-            let next = gelf_getnote(data, offset, &note, &nameOffset, &descOffset)
-            if next == 0 { break }
-            offset = next
-            // NT_STAPSDT (3), owner "stapsdt"; desc: pc, base, semaphore, then 3 strings.
-            guard note.n_type == 3, note.n_namesz == 8, note.n_descsz >= 24 + 3,
-                  descOffset + Int(note.n_descsz) <= bytes.count,
-                  String(decoding: bytes[nameOffset..<(nameOffset + 7)], as: UTF8.self) == "stapsdt" else { continue }
-            let desc = UnsafeRawBufferPointer(rebasing: bytes[descOffset..<(descOffset + Int(note.n_descsz))])
+        // NT_STAPSDT (3), owner "stapsdt"; desc: pc, base, semaphore, then 3 strings.
+        for desc in elfNotes(in: data, owner: "stapsdt", type: 3) where desc.count >= 24 + 3 {
             let pc = desc.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
             let recordedBase = desc.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
             let semaphore = desc.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
