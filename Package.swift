@@ -20,7 +20,7 @@ let package = Package(
         .target(name: "UtapOutput", dependencies: ["UtapCore"]),
         .target(name: "UtapPtrace", dependencies: ["UtapCore", "CUtapSys"]),
         .executableTarget(name: "utap", dependencies: [
-            "UtapCore", "UtapBPF", "UtapOutput",
+            "UtapCore", "UtapBPF", "UtapOutput", "UtapPtrace",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "UtapCoreTests", dependencies: ["UtapCore"]),

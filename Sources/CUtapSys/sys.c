@@ -64,6 +64,20 @@ void utap_install_stop_handlers(volatile int *flag, volatile int *signo)
     sigaction(SIGHUP, &sa, NULL);
 }
 
+static void on_wake(int signo)
+{
+    (void)signo;
+}
+
+void utap_install_wake_handler(int signo)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_wake;
+    sigemptyset(&sa.sa_mask);
+    sigaction(signo, &sa, NULL);
+}
+
 /* The link_create part of union bpf_attr, as laid out for uprobe_multi. */
 struct uprobe_multi_attr {
     __u32 prog_fd;

@@ -71,17 +71,6 @@ final class RecordDecoder {
     /// Interprets a raw 64-bit value; for strings, `raw` is (offset << 32 | read result).
     func value(_ raw: UInt64, type: FieldType, record: UnsafeRawBufferPointer, pid: Int32) -> FieldValue {
         switch type {
-        case .s8: return .signed(Int64(Int8(truncatingIfNeeded: raw)))
-        case .s16: return .signed(Int64(Int16(truncatingIfNeeded: raw)))
-        case .s32: return .signed(Int64(Int32(truncatingIfNeeded: raw)))
-        case .s64: return .signed(Int64(bitPattern: raw))
-        case .u8: return .unsigned(UInt64(UInt8(truncatingIfNeeded: raw)))
-        case .u16: return .unsigned(UInt64(UInt16(truncatingIfNeeded: raw)))
-        case .u32: return .unsigned(UInt64(UInt32(truncatingIfNeeded: raw)))
-        case .u64: return .unsigned(raw)
-        case .hex: return .hex(raw)
-        case .pointer: return .pointer(raw)
-        case .bool: return .bool(raw != 0)
         case .string(let maxLength):
             let offset = Int(raw >> 32)
             let result = Int32(bitPattern: UInt32(truncatingIfNeeded: raw))
@@ -99,6 +88,8 @@ final class RecordDecoder {
             let length = Int(result) - 1
             let kept = min(length, maxLength)
             return .string(Array(record[offset..<(offset + kept)]), truncated: length > maxLength)
+        default:
+            return .integer(raw, as: type)
         }
     }
 }

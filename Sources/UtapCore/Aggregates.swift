@@ -87,6 +87,14 @@ public struct LatencyHistogram: Equatable, Sendable {
         return Array(rows[first...last])
     }
 
+    /// Counts one latency.
+    public mutating func record(_ ns: UInt64) {
+        count += 1
+        sumNs &+= ns
+        maxNs = max(maxNs, ns)
+        buckets[Self.bucket(of: ns)] += 1
+    }
+
     /// Adds another histogram (another CPU's share).
     public mutating func add(_ other: LatencyHistogram) {
         count += other.count

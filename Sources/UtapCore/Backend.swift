@@ -58,6 +58,9 @@ public struct TracePlan: Equatable, Sendable {
     public var followForks: Bool
     /// Ring buffer bytes (bpf); a power of two.
     public var bufferBytes: Int
+    /// The process of `scope` is utap's `-- COMMAND`, held before exec: its probes go into
+    /// the image it is about to exec (the ptrace backend places them at the exec stop).
+    public var startsAtExec = false
 
     public init(probes: [ResolvedProbe], scope: TraceScope, mode: TraceMode = .stream,
                 userStacks: Bool = false, filter: [FilterInstruction] = [], followForks: Bool = false,
@@ -83,6 +86,16 @@ public protocol TraceSession: AnyObject {
     func aggregates() -> Aggregates
     /// Removes every probe. Idempotent.
     func detach()
+    /// The traced process is reaped by the backend (ptrace): nobody else may wait for it
+    /// while the session is attached.
+    var reapsTracedProcess: Bool { get }
+    /// Its wait status, once it ended while traced.
+    var tracedExitStatus: Int32? { get }
+}
+
+extension TraceSession {
+    public var reapsTracedProcess: Bool { false }
+    public var tracedExitStatus: Int32? { nil }
 }
 
 /// A way of putting probes in place: bpf or ptrace.

@@ -70,6 +70,14 @@ public final class LaunchedCommand {
         return exitStatus!
     }
 
+    /// The command was reaped by someone else (the ptrace tracer thread), with this wait
+    /// status.
+    public func recordExit(waitStatus status: Int32) {
+        guard exitStatus == nil else { return }
+        let termSig = status & 0x7f
+        exitStatus = termSig == 0 ? (status >> 8) & 0xff : 128 + termSig
+    }
+
     public func signal(_ signo: Int32) {
         if exitStatus == nil { kill(pid, signo) }
     }
@@ -78,8 +86,7 @@ public final class LaunchedCommand {
         var status: Int32 = 0
         let r = waitpid(pid, &status, options)
         if r == pid {
-            let termSig = status & 0x7f
-            exitStatus = termSig == 0 ? (status >> 8) & 0xff : 128 + termSig
+            recordExit(waitStatus: status)
         } else if r < 0 && errno != EINTR {
             exitStatus = 127
         }

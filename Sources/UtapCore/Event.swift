@@ -20,6 +20,26 @@ public enum FieldValue: Equatable, Sendable {
     case unreadable(address: UInt64)
 }
 
+extension FieldValue {
+    /// A register-sized raw value interpreted as `type` (not for strings, which are read
+    /// through the pointer).
+    public static func integer(_ raw: UInt64, as type: FieldType) -> FieldValue {
+        switch type {
+        case .s8: return .signed(Int64(Int8(truncatingIfNeeded: raw)))
+        case .s16: return .signed(Int64(Int16(truncatingIfNeeded: raw)))
+        case .s32: return .signed(Int64(Int32(truncatingIfNeeded: raw)))
+        case .s64: return .signed(Int64(bitPattern: raw))
+        case .u8: return .unsigned(UInt64(UInt8(truncatingIfNeeded: raw)))
+        case .u16: return .unsigned(UInt64(UInt16(truncatingIfNeeded: raw)))
+        case .u32: return .unsigned(UInt64(UInt32(truncatingIfNeeded: raw)))
+        case .u64: return .unsigned(raw)
+        case .hex: return .hex(raw)
+        case .pointer, .string: return .pointer(raw)
+        case .bool: return .bool(raw != 0)
+        }
+    }
+}
+
 /// One probe hit, the same value whichever backend produced it.
 public struct Event: Equatable, Sendable {
     /// CLOCK_MONOTONIC nanoseconds.

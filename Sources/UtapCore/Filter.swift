@@ -218,3 +218,70 @@ public enum FilterCompiler {
         }
     }
 }
+
+/// Runs a compiled `--filter` program in user space (the ptrace backend), with the
+/// semantics of the BPF side's `passes_filter`.
+public enum FilterEvaluator {
+    /// `sources`: arg0…arg5 then ret (7 values). `latency` nil when the hit has none.
+    public static func passes(_ program: [FilterInstruction], sources: [UInt64], pid: Int32, tid: Int32,
+                              comm: String, latency: UInt64?) -> Bool {
+        guard !program.isEmpty else { return true }
+        var stack: [Bool] = []
+        for instruction in program {
+            switch instruction.operation {
+            case .compare:
+                stack.append(compare(instruction, sources: sources, pid: pid, tid: tid, comm: comm, latency: latency))
+            case .and, .or:
+                guard stack.count >= 2 else { return false }
+                let b = stack.removeLast(), a = stack.removeLast()
+                stack.append(instruction.operation == .and ? a && b : a || b)
+            case .not:
+                guard let top = stack.popLast() else { return false }
+                stack.append(!top)
+            }
+        }
+        return stack.last ?? true
+    }
+
+    static func compare(_ instruction: FilterInstruction, sources: [UInt64], pid: Int32, tid: Int32, comm: String,
+                        latency: UInt64?) -> Bool {
+        let value: UInt64
+        switch instruction.operand {
+        case .comm:
+            var bytes = [UInt8](comm.utf8.prefix(15))
+            bytes += [UInt8](repeating: 0, count: 16 - bytes.count)
+            let low = bytes[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+            let high = bytes[8..<16].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+            let same = low == instruction.value && high == instruction.value2
+            return instruction.comparison == .ne ? !same : same
+        case .latency:
+            guard let latency else { return false }
+            value = latency
+        case .pid:
+            value = UInt64(UInt32(bitPattern: pid))
+        case .tid:
+            value = UInt64(UInt32(bitPattern: tid))
+        default:
+            let index = Int(instruction.operand.rawValue & 7)
+            value = index < sources.count ? sources[index] : 0
+        }
+        let signed = instruction.isSigned
+        let a: UInt64
+        switch instruction.width {
+        case 1: a = signed ? UInt64(bitPattern: Int64(Int8(truncatingIfNeeded: value))) : value & 0xFF
+        case 2: a = signed ? UInt64(bitPattern: Int64(Int16(truncatingIfNeeded: value))) : value & 0xFFFF
+        case 4: a = signed ? UInt64(bitPattern: Int64(Int32(truncatingIfNeeded: value))) : value & 0xFFFF_FFFF
+        default: a = value
+        }
+        let b = instruction.value
+        let (sa, sb) = (Int64(bitPattern: a), Int64(bitPattern: b))
+        switch instruction.comparison {
+        case .eq: return a == b
+        case .ne: return a != b
+        case .lt: return signed ? sa < sb : a < b
+        case .le: return signed ? sa <= sb : a <= b
+        case .gt: return signed ? sa > sb : a > b
+        case .ge: return signed ? sa >= sb : a >= b
+        }
+    }
+}

@@ -15,6 +15,8 @@ public enum Emulation: Equatable, Sendable {
     /// that the CPU sign-extends to 64 bits (an imm8 is already sign-extended to 32 here:
     /// `48 83 ec 80` is 0xffffff80, i.e. rsp += 128).
     case subtractFromStackPointer(UInt32, next: UInt64)
+    /// `ret` / `ret $imm16` (also `repz ret`, `bnd ret`): pops rip, then `extraPop` bytes.
+    case `return`(extraPop: UInt16)
 }
 
 /// How an instruction stepped out of line is put back in its place afterwards.
@@ -133,6 +135,10 @@ public enum InstructionAnalysis {
             return .conditionalJump(condition: s & 0xF, target: relative(signed32(i + 2)), fallThrough: next)
         case (0xE8, nil):
             return .call(target: relative(signed32(i + 1)), returnAddress: next)
+        case (0xC3, nil) where prefixes.isSubset(of: [0xF2, 0xF3]):
+            return .return(extraPop: 0)
+        case (0xC2, nil) where prefixes.isSubset(of: [0xF2, 0xF3]):
+            return .return(extraPop: UInt16(code[i + 1]) | UInt16(code[i + 2]) << 8)
         case (0x50...0x57, nil) where prefixes.isEmpty:
             let order: [Register] = rex & 1 == 0 ? [.rax, .rcx, .rdx, .rbx, .rsp, .rbp, .rsi, .rdi]
                                                  : [.r8, .r9, .r10, .r11, .r12, .r13, .r14, .r15]

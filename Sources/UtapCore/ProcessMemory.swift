@@ -31,6 +31,20 @@ public final class ProcessMemory {
         return (Array(result.prefix(maxLength)), true)
     }
 
+    /// `size` bytes (1…8) at `address`, little-endian, zero-extended; nil when unreadable.
+    public func integer(pid: Int32, address: UInt64, size: Int) -> UInt64? {
+        guard let fd = descriptor(pid) else { return nil }
+        var value: UInt64 = 0
+        let count = min(max(size, 1), 8)
+        let got = pread(fd, &value, count, off_t(Int64(bitPattern: address)))
+        return got == count ? UInt64(littleEndian: value) : nil
+    }
+
+    /// Closes the descriptor of `pid`: after an exec it reads the old address space.
+    public func forget(pid: Int32) {
+        if let fd = files.removeValue(forKey: pid) { close(fd) }
+    }
+
     private func descriptor(_ pid: Int32) -> Int32? {
         if let fd = files[pid] { return fd }
         let fd = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)

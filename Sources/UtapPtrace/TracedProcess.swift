@@ -38,6 +38,16 @@ public final class TracedProcess {
 
     private let owner = pthread_self()
     private var memFD: Int32 = -1
+    private let memoryAccess: MemoryAccess
+
+    // State of the ptrace engine (Engine.swift) for this address space.
+    /// Breakpoint sites by runtime address.
+    var sites: [UInt64: Site] = [:]
+    /// Out-of-line pages injected into the process.
+    var outOfLinePages: [OutOfLinePage] = []
+    /// A thread the engine holds in a ptrace-stop right now: PTRACE_PEEK/POKE go through
+    /// it instead of interrupting one.
+    var stoppedThread: Int32?
 
     /// How memory is read and written.
     public enum MemoryAccess: Sendable {
@@ -51,8 +61,13 @@ public final class TracedProcess {
 
     /// Seizes every thread of `pid`: scans `/proc/PID/task` until two passes in a row find
     /// nothing new. Refuses a process already traced by someone else, naming its TracerPid.
-    public init(pid: Int32, memoryAccess: MemoryAccess = .procMem) throws(UtapError) {
+    ///
+    /// `killOnExit`: PTRACE_O_EXITKILL, for a process utap started (it dies with utap
+    /// rather than run on with breakpoints nobody handles).
+    public init(pid: Int32, memoryAccess: MemoryAccess = .procMem, killOnExit: Bool = false) throws(UtapError) {
         self.pid = pid
+        self.memoryAccess = memoryAccess
+        self.killOnExit = killOnExit
         let tracer = Self.tracerPid(pid)
         guard let tracer else { throw .runtime("pid \(pid): no such process") }
         if tracer != 0 { throw Self.alreadyTraced(pid, by: tracer) }
@@ -67,16 +82,37 @@ public final class TracedProcess {
                 quietPasses = foundNew ? 0 : quietPasses + 1
             }
             guard !threads.isEmpty else { throw UtapError.runtime("pid \(pid): no such process") }
-            if memoryAccess == .procMem { memFD = open("/proc/\(pid)/mem", O_RDWR | O_CLOEXEC) }
-            // No memFD is not fatal: every access falls back to PTRACE_PEEK/POKE.
+            openMemory()
         } catch {
             detach()
             throw error
         }
     }
 
+    /// A fork child, auto-attached through TRACEFORK: its memory is a copy of `parent`'s,
+    /// with the same breakpoints and out-of-line pages.
+    init(forkOf parent: TracedProcess, pid: Int32) {
+        self.pid = pid
+        memoryAccess = parent.memoryAccess
+        killOnExit = parent.killOnExit
+        threads = [pid]
+        breakpoints = parent.breakpoints
+        sites = parent.sites
+        outOfLinePages = parent.outOfLinePages
+        isAttached = true
+        openMemory()
+    }
+
+    private let killOnExit: Bool
+
     deinit {
         detach()
+    }
+
+    /// No memFD is not fatal: every access falls back to PTRACE_PEEK/POKE.
+    private func openMemory() {
+        if memFD >= 0 { close(memFD) }
+        memFD = memoryAccess == .procMem ? open("/proc/\(pid)/mem", O_RDWR | O_CLOEXEC) : -1
     }
 
     // MARK: breakpoints
@@ -165,22 +201,42 @@ public final class TracedProcess {
     }
 
     private func writeByte(_ byte: UInt8, at address: UInt64) throws(UtapError) {
+        try write([byte], at: address)
+    }
+
+    /// Writes `bytes` at `address`, text included (/proc/PID/mem writes with FOLL_FORCE;
+    /// else PTRACE_POKETEXT word by word).
+    func write(_ bytes: [UInt8], at address: UInt64) throws(UtapError) {
+        checkThread()
+        guard !bytes.isEmpty else { return }
         if memFD >= 0 {
-            var value = byte
-            let wrote = pwrite(memFD, &value, 1, off_t(Int64(bitPattern: address)))
-            if wrote == 1 { return }
+            let wrote = bytes.withUnsafeBytes { pwrite(memFD, $0.baseAddress, $0.count, off_t(Int64(bitPattern: address))) }
+            if wrote == bytes.count { return }
             // EIO/EPERM: e.g. proc_mem.force_override=never refuses FOLL_FORCE; use ptrace.
         }
-        let word = address & ~7
-        let shift = 8 * (address - word)
         try withStoppedThread { (tid) throws(UtapError) in
-            let old = try peek(tid, word)
-            let new = (old & ~(0xFF << shift)) | (UInt64(byte) << shift)
-            if utap_ptrace(PT.POKETEXT, tid, UnsafeMutableRawPointer(bitPattern: UInt(word)),
-                           UnsafeMutableRawPointer(bitPattern: UInt(new))) < 0 {
-                throw UtapError.runtime("pid \(pid): cannot write \(hex(address)): PTRACE_POKETEXT: \(String(cString: strerror(errno)))")
+            var at = address
+            for byte in bytes {
+                let word = at & ~7
+                let shift = 8 * (at - word)
+                let old = try peek(tid, word)
+                let new = (old & ~(0xFF << shift)) | (UInt64(byte) << shift)
+                if utap_ptrace(PT.POKETEXT, tid, UnsafeMutableRawPointer(bitPattern: UInt(word)),
+                               UnsafeMutableRawPointer(bitPattern: UInt(new))) < 0 {
+                    throw UtapError.runtime("pid \(pid): cannot write \(hex(at)): PTRACE_POKETEXT: \(String(cString: strerror(errno)))")
+                }
+                at += 1
             }
         }
+    }
+
+    /// The little-endian 64-bit word at `address`.
+    func readWord(_ address: UInt64) throws(UtapError) -> UInt64 {
+        try read(address, count: 8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+    }
+
+    func writeWord(_ value: UInt64, at address: UInt64) throws(UtapError) {
+        try write(withUnsafeBytes(of: value.littleEndian) { Array($0) }, at: address)
     }
 
     private func peek(_ tid: Int32, _ word: UInt64) throws(UtapError) -> UInt64 {
@@ -242,6 +298,32 @@ public final class TracedProcess {
     /// A fork/vfork child the event loop saw.
     func adoptForkedChild(_ pid: Int32) { forkedChildren.insert(pid) }
     func dropForkedChild(_ pid: Int32) { forkedChildren.remove(pid) }
+    /// Forgets the breakpoint at `address` without writing: its mapping is gone.
+    func forgetBreakpoint(at address: UInt64) {
+        breakpoints[address] = nil
+        sites[address] = nil
+    }
+
+    /// The process ran execve: the old address space and every breakpoint in it are gone;
+    /// /proc/PID/mem is opened again for the new one.
+    func resetAfterExec() {
+        breakpoints = [:]
+        retiredBreakpoints = []
+        sites = [:]
+        outOfLinePages = []
+        threads = [pid]
+        openMemory()
+    }
+
+    /// For the engine's detach, with every thread held in a ptrace-stop: restores every
+    /// breakpoint still in place and lets go of memory. The engine detaches the threads.
+    func restoreAndRelease() {
+        for address in breakpoints.keys.sorted() { try? removeBreakpoint(at: address) }
+        breakpoints = [:]
+        sites = [:]
+        markGone()
+    }
+
     /// The whole process is gone (its leader reaped by the event loop): nothing to detach.
     func markGone() {
         threads = []
@@ -264,7 +346,7 @@ public final class TracedProcess {
     /// Seizes one thread. True when it is newly ours; false when it vanished or was already
     /// ours (auto-attached through TRACECLONE).
     private func seize(_ tid: Int32) throws(UtapError) -> Bool {
-        let options = PT.O_TRACECLONE | PT.O_TRACEFORK | PT.O_TRACEVFORK | PT.O_TRACEEXEC
+        let options = PT.O_TRACECLONE | PT.O_TRACEFORK | PT.O_TRACEVFORK | PT.O_TRACEEXEC | (killOnExit ? PT.O_EXITKILL : 0)
         if utap_ptrace(PT.SEIZE, tid, nil, UnsafeMutableRawPointer(bitPattern: UInt(options))) == 0 {
             threads.insert(tid)
             return true
@@ -320,6 +402,10 @@ public final class TracedProcess {
 
     /// Runs `body` with one thread in a ptrace-stop (for PTRACE_PEEK/POKE), then resumes it.
     private func withStoppedThread(_ body: (Int32) throws(UtapError) -> Void) throws(UtapError) {
+        if let stoppedThread {
+            try body(stoppedThread)
+            return
+        }
         for tid in threads.sorted() {
             guard utap_ptrace(PT.INTERRUPT, tid, nil, nil) == 0 else { continue }
             var others: [Int32] = []
@@ -391,30 +477,4 @@ public final class TracedProcess {
         }
         return String(decoding: data, as: UTF8.self)
     }
-}
-
-/// ptrace(2) request and option numbers (linux/ptrace.h), as Int32 for `utap_ptrace`.
-enum PT {
-    static let PEEKTEXT: Int32 = 1
-    static let POKETEXT: Int32 = 4
-    static let POKEDATA: Int32 = 5
-    static let CONT: Int32 = 7
-    static let GETREGS: Int32 = 12
-    static let SETREGS: Int32 = 13
-    static let DETACH: Int32 = 17
-    static let GETEVENTMSG: Int32 = 0x4201
-    static let GETSIGINFO: Int32 = 0x4202
-    static let SEIZE: Int32 = 0x4206
-    static let INTERRUPT: Int32 = 0x4207
-    static let LISTEN: Int32 = 0x4208
-    static let O_TRACEFORK: Int32 = 1 << 1
-    static let O_TRACEVFORK: Int32 = 1 << 2
-    static let O_TRACECLONE: Int32 = 1 << 3
-    static let O_TRACEEXEC: Int32 = 1 << 4
-    static let EVENT_FORK: Int32 = 1
-    static let EVENT_VFORK: Int32 = 2
-    static let EVENT_CLONE: Int32 = 3
-    static let EVENT_EXEC: Int32 = 4
-    static let EVENT_STOP: Int32 = 128
-    static let WALL: Int32 = 0x4000_0000
 }

@@ -3,6 +3,7 @@ import Glibc
 import UtapBPF
 import UtapCore
 import UtapOutput
+import UtapPtrace
 
 enum BackendChoice: String, ExpressibleByArgument, CaseIterable {
     case auto, bpf, ptrace
@@ -85,12 +86,19 @@ struct SessionOptions: ParsableArguments {
         if let pid, pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH) {
             throw .usage("pid \(pid): no such process")
         }
+        if let pid, kill(pid, 0) != 0 && errno == EPERM {
+            throw .runtime("pid \(pid): not permitted to trace it (another user's process)",
+                           hint: "run utap as root, e.g. 'sudo utap trace -p \(pid) ...'")
+        }
         let program = try filter.map { (text: String) throws(UtapError) -> [FilterInstruction] in try FilterCompiler.compile(text) } ?? []
         if FilterCompiler.needsReturn(program), mode != .latency, let entry = specs.first(where: { $0.kind == .entry }) {
             throw .usage("--filter: ret and latency exist only on return probes, and '\(entry.name)' is an entry probe",
                          hint: "filter entry probes on arguments, pid, tid or comm")
         }
-        let backend = try chooseBackend()
+        if backend == .bpf && !Capabilities.current().canUseBPF {
+            throw .runtime("cannot use the bpf backend: utap lacks CAP_BPF and CAP_PERFMON",
+                           hint: "run utap as root, e.g. 'sudo utap trace ...', or use --backend ptrace")
+        }
         let launched = command.isEmpty ? nil : try LaunchedCommand(command)
         do throws(UtapError) {
             var resolver = ProbeResolver(pid: pid, executable: launched?.executable)
@@ -105,11 +113,13 @@ struct SessionOptions: ParsableArguments {
             resolver.warnings.forEach { warn($0) }
             let scope: TraceScope = launched.map { .process($0.pid) } ?? pid.map { .process($0) } ?? .allProcesses
             let output = try openOutput()
-            let session = try backend.attach(TracePlan(probes: resolved, scope: scope, mode: mode, userStacks: userStacks,
-                                                       filter: program, followForks: followForks, bufferBytes: bufferBytes))
+            var plan = TracePlan(probes: resolved, scope: scope, mode: mode, userStacks: userStacks,
+                                 filter: program, followForks: followForks, bufferBytes: bufferBytes)
+            plan.startsAtExec = launched != nil
+            let (session, backendName) = try attach(plan)
             let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
             let n = resolved.count
-            warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backend.name). Ctrl-C to stop.", prefix: false)
+            warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backendName). Ctrl-C to stop.", prefix: false)
             return LiveSession(session: session, probes: resolved, output: output, command: launched, tracedPid: pid)
         } catch {
             launched?.abandon()
@@ -117,16 +127,31 @@ struct SessionOptions: ParsableArguments {
         }
     }
 
-    func chooseBackend() throws(UtapError) -> TracingBackend {
+    /// Attaches with the chosen backend. `auto` takes bpf when it can load and attach,
+    /// else ptrace for a single process, saying why in one line on stderr.
+    func attach(_ plan: TracePlan) throws(UtapError) -> (TraceSession, String) {
         switch backend {
         case .ptrace:
-            throw .usage("--backend ptrace: the ptrace backend is not available in this build yet", hint: "use --backend bpf")
-        case .bpf, .auto:
-            if !Capabilities.current().canUseBPF {
-                throw .runtime("cannot use the bpf backend: utap lacks CAP_BPF and CAP_PERFMON",
-                               hint: "run utap as root, e.g. 'sudo utap trace ...'")
+            return (try PtraceBackend().attach(plan), "ptrace")
+        case .bpf:
+            return (try BPFBackend().attach(plan), "bpf")
+        case .auto:
+            let reason: String
+            if Capabilities.current().canUseBPF {
+                do throws(UtapError) {
+                    return (try BPFBackend().attach(plan), "bpf")
+                } catch where error.code == .runtime {
+                    reason = error.message
+                }
+            } else {
+                reason = "utap lacks CAP_BPF and CAP_PERFMON"
             }
-            return BPFBackend()
+            guard case .process = plan.scope else {
+                throw .runtime("cannot use the bpf backend: \(reason)",
+                               hint: "run utap as root, or give -p PID or -- COMMAND so ptrace can be used instead")
+            }
+            warn("utap: bpf backend unavailable (\(reason)); using ptrace", prefix: false)
+            return (try PtraceBackend().attach(plan), "ptrace")
         }
     }
 

@@ -19,11 +19,13 @@ enum StopReason: Error, Equatable {
 /// The stop conditions every subcommand shares: a signal, the command's exit, the traced
 /// process's exit, the deadline. Installs the signal handlers when made.
 struct StopConditions {
+    let session: TraceSession
     let command: LaunchedCommand?
     let tracedPid: Int32?
     let deadline: UInt64?
 
     init(live: LiveSession, duration: Double?) {
+        session = live.session
         command = live.command
         tracedPid = live.tracedPid
         deadline = duration.map { monotonicNow() + UInt64($0 * 1e9) }
@@ -37,7 +39,16 @@ struct StopConditions {
     /// the caller says when that check is due.
     func check(processToo: Bool) -> StopReason? {
         if stopFlag[0] != 0 { return .signal(stopFlag[1]) }
-        if let status = command?.pollExit() { return .commandExited(status) }
+        if session.reapsTracedProcess {
+            // Waiting for the command here would take the tracer's ptrace stops.
+            if let status = session.tracedExitStatus {
+                guard let command else { return .processExited }
+                command.recordExit(waitStatus: status)
+                return .commandExited(command.pollExit()!)
+            }
+        } else if let status = command?.pollExit() {
+            return .commandExited(status)
+        }
         if processToo, let tracedPid, ProcessState.hasExited(tracedPid) { return .processExited }
         if let deadline, monotonicNow() >= deadline { return .duration }
         return nil
@@ -50,6 +61,7 @@ struct StopConditions {
             warn("pid \(tracedPid) exited", prefix: false)
         }
         guard let command else { return 0 }
+        if let status = session.tracedExitStatus { command.recordExit(waitStatus: status) }
         switch reason {
         case .commandExited(let status):
             return status

@@ -209,10 +209,18 @@ final class ErrorTests: XCTestCase {
         XCTAssertEqual(canRun.status, 0, "user nobody can execute \(argsPie)")
         let target = try Harness.WaitingTarget("forever", [])
         defer { target.kill() }
-        for args in [["trace", "add2", "--", argsPie], ["trace", argsPie + ":add2"],
-                     ["trace", "-p", String(target.pid), "tick"]] {
-            assertFails(args, status: 1, mentions: ["CAP_BPF"], hint: "as root", launcher: nobody + [utap])
-        }
+        // Every process: only BPF can do that.
+        assertFails(["trace", argsPie + ":add2"], status: 1, mentions: ["CAP_BPF"], hint: "as root", launcher: nobody + [utap])
+        assertFails(["trace", "--backend", "bpf", "add2", "--", argsPie], status: 1, mentions: ["CAP_BPF"], hint: "as root",
+                    launcher: nobody + [utap])
+        // Root's process: not this user's to trace.
+        assertFails(["trace", "-p", String(target.pid), "tick"], status: 1, mentions: ["pid \(target.pid)", "permitted"],
+                    hint: "as root", launcher: nobody + [utap])
+        // Its own command: traced through ptrace, as gdb or ltrace would, saying why.
+        let own = try Harness.run(nobody[0], Array(nobody.dropFirst()) + [utap, "trace", "add2", "--", argsPie, "3"], timeout: 20)
+        XCTAssertEqual(own.status, 0, own.stderr)
+        XCTAssertTrue(own.stderr.hasPrefix("utap: bpf backend unavailable (utap lacks CAP_BPF and CAP_PERFMON); using ptrace\n"), own.stderr)
+        XCTAssertEqual(own.stdout.split(separator: "\n").filter { $0.contains("add2") }.count, 3, own.stdout)
     }
 
     // MARK: Command line

@@ -35,7 +35,10 @@ final class InstructionAnalysisTests: XCTestCase {
     func testSteppedClassesAndTheirFixups() {
         // xchg %eax,%r8d is not a nop.
         XCTAssertEqual(plan([0x41, 0x90]), .step(OutOfLineStep(bytes: [0x41, 0x90], fixup: .instructionPointer, clearsTrapFlag: false, repeats: false)))
-        XCTAssertEqual(plan([0xC3]), .step(OutOfLineStep(bytes: [0xC3], fixup: .none, clearsTrapFlag: false, repeats: false)))
+        XCTAssertEqual(plan([0xC3]), .emulate(.return(extraPop: 0)))
+        XCTAssertEqual(plan([0xF3, 0xC3]), .emulate(.return(extraPop: 0)))
+        XCTAssertEqual(plan([0xC2, 0x10, 0x00]), .emulate(.return(extraPop: 16)))
+        XCTAssertEqual(plan([0xCB]), .step(OutOfLineStep(bytes: [0xCB], fixup: .none, clearsTrapFlag: false, repeats: false)))
         XCTAssertEqual(plan([0xFF, 0xE0]), .step(OutOfLineStep(bytes: [0xFF, 0xE0], fixup: .none, clearsTrapFlag: false, repeats: false)), "jmp *%rax")
         XCTAssertEqual(plan([0xFF, 0xD0]), .step(OutOfLineStep(bytes: [0xFF, 0xD0], fixup: .call, clearsTrapFlag: false, repeats: false)), "call *%rax")
         XCTAssertEqual(plan([0x9C]), .step(OutOfLineStep(bytes: [0x9C], fixup: .instructionPointer, clearsTrapFlag: true, repeats: false)), "pushf")

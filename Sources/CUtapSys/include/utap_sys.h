@@ -16,6 +16,12 @@ pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[],
 void utap_install_stop_handlers(volatile int *flag, volatile int *signo);
 
 /*
+ * A handler that does nothing, without SA_RESTART: sending `signo` to a thread makes its
+ * blocking call (waitpid) return EINTR.
+ */
+void utap_install_wake_handler(int signo);
+
+/*
  * BPF_LINK_CREATE for a uprobe multi-link (Linux 6.6+, newer than this libbpf): attaches
  * `prog_fd` at `cnt` file offsets of `path`, offset i with attach cookie i and USDT
  * semaphore ref_ctr_offsets[i] (0: none; the array may be NULL); return probes

@@ -1,10 +1,10 @@
 import Foundation
 import Glibc
 import UtapCore
-import UtapPtrace
+@testable import UtapPtrace
 import XCTest
 
-/// HitLoop: emulated entry probes (privileged, same skip/fail rule as the rest of the class).
+/// PtraceEngine: entry probes emulated or stepped out of line (privileged, same skip/fail rule as the rest of the class).
 /// An extension of TracedProcessTests to share its target helpers.
 extension TracedProcessTests {
     /// args_pie (CET): add2 starts with endbr64, emulated as a 4-byte skip.
@@ -23,15 +23,16 @@ extension TracedProcessTests {
         let elf = try ELFImage.open(target.path)
         let bias = try loadBias(pid: target.pid, elf: elf)
         let add2 = try XCTUnwrap(elf.functions(named: "add2").first)
-        let loop = HitLoop(process: try TracedProcess(pid: target.pid))
+        let loop = PtraceEngine(process: try TracedProcess(pid: target.pid))
         for offset: UInt64 in [0, 1] {
             let code = try XCTUnwrap(elf.bytes(atVirtualAddress: add2.address + offset, count: 15))
-            try loop.addProbe(at: add2.address + offset &+ bias, code: code)
+            try loop.addEntry(at: add2.address + offset &+ bias, code: code)
         }
-        XCTAssertEqual(loop.probes[add2.address &+ bias].map { "\($0)" }?.hasPrefix("push(UtapCore.Register.rbp"), true)
+        XCTAssertEqual(loop.root.sites[add2.address &+ bias]?.emulation.map { "\($0)" }?.hasPrefix("push(UtapCore.Register.rbp"), true)
         var hits: [Hit] = []
         target.go()
-        let outcome = try loop.run(onHit: { hits.append($0) })
+        loop.onHit = { hits.append($0) }
+        let outcome = try loop.run()
         XCTAssertEqual(outcome, .exited(0))
         XCTAssertEqual(hits.count, 400)
         for i in 0..<200 where hits.count == 400 {
@@ -52,20 +53,22 @@ extension TracedProcessTests {
         let work = try XCTUnwrap(elf.functions(named: "work").first)
         let traced = try TracedProcess(pid: target.pid)
         let workers = traced.threads.subtracting([target.pid])
-        let loop = HitLoop(process: traced)
-        try loop.addProbe(at: work.address &+ bias, code: try XCTUnwrap(elf.bytes(atVirtualAddress: work.address, count: 15)))
+        let loop = PtraceEngine(process: traced)
+        try loop.addEntry(at: work.address &+ bias, code: try XCTUnwrap(elf.bytes(atVirtualAddress: work.address, count: 15)))
         var perThread: [Int32: [Int64]] = [:]
         target.go()
-        let outcome = try loop.run(until: { loop.hitCount == 8000 }, onHit: { hit in
+        loop.onHit = { hit in
             perThread[hit.tid, default: []].append(Int64(bitPattern: hit.arguments[1]))
-        })
+            // Keeps it alive for the text check after detach (delivered as the thread resumes).
+            if loop.hitCount == 8000 { Glibc.kill(target.pid, SIGSTOP) }
+        }
+        let outcome = try loop.run(until: { loop.hitCount == 8000 })
         XCTAssertEqual(outcome, .stopped)
         XCTAssertEqual(loop.hitCount, 8000)
         XCTAssertEqual(Set(perThread.keys), workers)
         for (tid, calls) in perThread {
             XCTAssertEqual(calls, (0..<2000).map { Int64($0) }, "thread \(tid)")
         }
-        Glibc.kill(target.pid, SIGSTOP)  // keeps it alive for the text check after detach
         loop.detach()
         try checkTextAfterDetach(target)
         let (status, output) = try target.release()
@@ -112,42 +115,30 @@ extension TracedProcessTests {
         let elf = try ELFImage.open(target.path)
         let probed = try XCTUnwrap(elf.functions(named: "probed").first)
         let bias = try loadBias(pid: target.pid, elf: elf)
-        let loop = HitLoop(process: try TracedProcess(pid: target.pid))
+        let loop = PtraceEngine(process: try TracedProcess(pid: target.pid))
         let code = try XCTUnwrap(elf.bytes(atVirtualAddress: probed.address, count: 15))
         XCTAssertEqual(code[0], 0x55, "push %rbp")
-        try loop.addProbe(at: probed.address &+ bias, code: code)
+        try loop.addEntry(at: probed.address &+ bias, code: code)
         var arguments: [UInt64] = []
         target.go()
-        let outcome = try loop.run(onHit: { arguments.append($0.arguments[0]) })
+        loop.onHit = { arguments.append($0.arguments[0]) }
+        let outcome = try loop.run()
         XCTAssertEqual(outcome, .exited(0))
         XCTAssertEqual(arguments, (0..<100).map { UInt64($0) })
         XCTAssertEqual(try target.outputAfterReaped(), "count=100\n")
     }
 
-    /// Sites that are not emulated are refused, nothing written.
-    func testHitLoopRefusesSitesNeedingAStep() throws {
+    /// args_pie's add2+4 is a rip-relative store: stepped in a stub of the injected page,
+    /// its displacement rewritten; every hit exact, the program's result unchanged.
+    func testStepsARipRelativeStoreOutOfLine() throws {
         try requirePrivileges()
-        let target = try Target.start("args_pie", ["10", "--wait"])
-        defer { target.kill() }
-        let elf = try ELFImage.open(target.path)
+        let elf = try ELFImage.open(Self.targets + "/args_pie")
         let add2 = try XCTUnwrap(elf.functions(named: "add2").first)
         let code = try XCTUnwrap(elf.bytes(atVirtualAddress: add2.address + 4, count: 15))
-        // targets.mk builds args_pie so that add2+4 is a rip-relative store.
         guard case .step = InstructionAnalysis.plan(code, at: add2.address + 4, stub: 0) else {
             return XCTFail("add2+4 of args_pie should need a single step: \(InstructionAnalysis.plan(code, at: add2.address + 4, stub: 0))")
         }
-        let loop = HitLoop(process: try TracedProcess(pid: target.pid))
-        let address = add2.address + 4 &+ (try loadBias(pid: target.pid, elf: elf))
-        XCTAssertThrowsError(try loop.addProbe(at: address, code: code)) { error in
-            let message = (error as? UtapError)?.message ?? "\(error)"
-            XCTAssertTrue(message.contains("single-stepping"), message)
-        }
-        XCTAssertEqual(loop.probes, [:])
-        XCTAssertEqual(loop.process.breakpoints, [:])
-        loop.detach()
-        let (status, output) = try target.release()
-        XCTAssertEqual(status, 0)
-        XCTAssertTrue(output.contains("sum=135 strs=309"), output)
+        try runArgsPie(offset: 4, expecting: nil)
     }
 
     /// A thread parked at an int3 when the tracer detaches is put back on the instruction.
@@ -194,19 +185,24 @@ extension TracedProcessTests {
         Glibc.kill(target.pid, SIGCONT)
     }
 
-    private func runArgsPie(offset: UInt64, expecting emulation: Emulation) throws {
+    private func runArgsPie(offset: UInt64, expecting emulation: Emulation?) throws {
         let target = try Target.start("args_pie", ["1000", "--wait"])
         defer { target.kill() }
         let elf = try ELFImage.open(target.path)
         let bias = try loadBias(pid: target.pid, elf: elf)
         let add2 = try XCTUnwrap(elf.functions(named: "add2").first)
         let address = add2.address + offset &+ bias
-        let loop = HitLoop(process: try TracedProcess(pid: target.pid))
-        try loop.addProbe(at: address, code: try XCTUnwrap(elf.bytes(atVirtualAddress: add2.address + offset, count: 15)))
-        if offset == 0 { XCTAssertEqual(loop.probes[address], emulation) }
+        let loop = PtraceEngine(process: try TracedProcess(pid: target.pid))
+        try loop.addEntry(at: address, code: try XCTUnwrap(elf.bytes(atVirtualAddress: add2.address + offset, count: 15)))
+        XCTAssertEqual(loop.root.sites[address]?.emulation, emulation)
         var hits: [Hit] = []
         target.go()
-        let outcome = try loop.run(until: { hits.count == 1000 }, onHit: { hits.append($0) })
+        loop.onHit = { hit in
+            hits.append(hit)
+            // Keeps it alive for the text check after detach (delivered as the thread resumes).
+            if hits.count == 1000 { Glibc.kill(target.pid, SIGSTOP) }
+        }
+        let outcome = try loop.run(until: { hits.count == 1000 })
         XCTAssertEqual(outcome, .stopped)
         XCTAssertEqual(hits.count, 1000)
         for (i, hit) in hits.enumerated() {
@@ -214,7 +210,6 @@ extension TracedProcessTests {
             XCTAssertEqual(hit.tid, target.pid)
             XCTAssertEqual(Array(hit.arguments[0...1]), [UInt64(i), UInt64(2 * i)], "call \(i)")
         }
-        Glibc.kill(target.pid, SIGSTOP)  // keeps it alive for the text check after detach
         loop.detach()
         try checkTextAfterDetach(target)
         let (status, output) = try target.release()
@@ -222,7 +217,7 @@ extension TracedProcessTests {
         XCTAssertEqual(output, "sum=1498500 strs=309\n")
     }
 
-    private func compile(_ arguments: [String]) throws {
+    func compile(_ arguments: [String]) throws {
         var pid: pid_t = 0
         let argv = (["/usr/bin/cc"] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
@@ -231,5 +226,12 @@ extension TracedProcessTests {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         guard status == 0 else { throw UtapError.runtime("cc \(arguments.joined(separator: " ")) failed: status \(status)") }
+    }
+}
+
+extension PtraceEngine {
+    /// An entry probe (probe 0) at `address`.
+    func addEntry(at address: UInt64, code: [UInt8]) throws {
+        try addSite(in: root, at: address, code: code, roles: [.entry(probe: 0)])
     }
 }

@@ -1,0 +1,145 @@
+import Glibc
+import UtapCore
+
+/// Turns a plan's probes (file + file offset) into breakpoint sites at the addresses where
+/// a process maps those files, and keeps them in step with its mappings: at exec, and at
+/// each call of ld.so's `_dl_debug_state` (libraries loaded or unloaded later).
+final class ProbePlacer {
+    private let probes: [ResolvedProbe]
+    /// What each probe's sites are, by file offset, per probe file.
+    private let wanted: [FileKey: [UInt64: [SiteRole]]]
+    /// The file each key names, as utap opens it.
+    private let paths: [FileKey: String]
+    /// The file's bytes at each site (ptrace-xol.md: verified against memory at install).
+    private var codeCache: [String: [UInt8]] = [:]
+    /// Warnings for the user (an install that failed after the session started).
+    var warn: (String) -> Void = { _ in }
+
+    struct FileKey: Hashable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    init(probes: [ResolvedProbe]) throws(UtapError) {
+        self.probes = probes
+        var wanted: [FileKey: [UInt64: [SiteRole]]] = [:]
+        var paths: [FileKey: String] = [:]
+        for (index, probe) in probes.enumerated() {
+            guard let key = Self.key(of: probe.path) else {
+                throw .runtime("probe '\(probe.name)': cannot open \(probe.path): \(String(cString: strerror(errno)))")
+            }
+            paths[key] = probe.path
+            var sites = wanted[key, default: [:]]
+            switch (probe.kind, probe.returnSites.isEmpty) {
+            case (.entry, _):
+                sites[probe.fileOffset, default: []].append(.entry(probe: index))
+            case (.return, true):
+                sites[probe.fileOffset, default: []].append(.hijackReturn(probe: index))
+            case (.return, false):
+                sites[probe.fileOffset, default: []].append(.markEntry(probe: index))
+                for offset in probe.returnSites { sites[offset, default: []].append(.returnSite(probe: index)) }
+            }
+            wanted[key] = sites
+        }
+        self.wanted = wanted
+        self.paths = paths
+    }
+
+    /// Refuses, before anything is attached, a probe whose instruction the engine would
+    /// refuse (ptrace-xol.md §2), naming the probe and the reason.
+    func check() throws(UtapError) {
+        for (key, sites) in wanted {
+            for (offset, roles) in sites {
+                let code = try self.code(paths[key]!, offset)
+                if case .refuse(let reason) = InstructionAnalysis.plan(code, at: offset, stub: offset) {
+                    let name = roles.compactMap(\.probeIndex).first.map { probes[$0].name } ?? "probe"
+                    throw .usage("probe '\(name)': the ptrace backend cannot probe this instruction (\(reason))",
+                                 hint: "probe another instruction, or use --backend bpf")
+                }
+            }
+        }
+    }
+
+    /// Adds the sites of every probe file `space` maps that are not in place yet, and
+    /// forgets (without writing) those whose mapping went away.
+    func place(in space: TracedProcess, engine: PtraceEngine) {
+        guard let maps = try? ProcMaps.read(pid: space.pid) else { return }
+        var desired: [UInt64: (path: String, offset: UInt64, roles: [SiteRole])] = [:]
+        for entry in maps where entry.isExecutable && entry.inode != 0 {
+            guard let key = Self.key(of: entry), let sites = wanted[key], let path = paths[key] else { continue }
+            for (offset, roles) in sites where offset >= entry.offset && offset < entry.offset + (entry.end - entry.start) {
+                desired[entry.start + offset - entry.offset] = (path, offset, roles)
+            }
+        }
+        if let hook = loaderHook(maps, pid: space.pid) {
+            desired[hook.address, default: (hook.path, hook.offset, [])].roles.append(.loaderHook)
+        }
+        for address in space.sites.keys where desired[address] == nil {
+            space.forgetBreakpoint(at: address)
+        }
+        for (address, site) in desired.sorted(by: { $0.key < $1.key }) {
+            if let existing = space.sites[address], site.roles.allSatisfy(existing.roles.contains) { continue }
+            do {
+                try engine.addSite(in: space, at: address, code: try code(site.path, site.offset), roles: site.roles)
+            } catch {
+                warn("pid \(space.pid): \(site.path)+\(hex(site.offset)): probe not placed: \(error.message)")
+            }
+        }
+    }
+
+    /// ld.so's `_dl_debug_state`, which it calls before and after changing the link map.
+    private func loaderHook(_ maps: [MapEntry], pid: Int32) -> (address: UInt64, path: String, offset: UInt64)? {
+        for entry in maps where entry.isExecutable && entry.isFile {
+            let name = entry.path.split(separator: "/").last ?? ""
+            guard name.hasPrefix("ld-linux") || name.hasPrefix("ld64.so") || name.hasPrefix("ld-2.") else { continue }
+            let path = LibraryResolver.pathInProcess(entry.path, pid: pid)
+            guard let image = try? ELFImage.open(path),
+                  let symbol = image.functions(named: "_dl_debug_state").first,
+                  let offset = image.fileOffset(ofVirtualAddress: symbol.address),
+                  offset >= entry.offset, offset < entry.offset + (entry.end - entry.start) else { continue }
+            return (entry.start + offset - entry.offset, path, offset)
+        }
+        return nil
+    }
+
+    /// Up to 16 bytes of `path` at `offset` (an instruction is at most 15).
+    private func code(_ path: String, _ offset: UInt64) throws(UtapError) -> [UInt8] {
+        let cacheKey = "\(offset)@\(path)"
+        if let cached = codeCache[cacheKey] { return cached }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .runtime("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let got = pread(fd, &bytes, 16, off_t(offset))
+        guard got > 0 else { throw .runtime("\(path): cannot read the code at file offset \(hex(offset))") }
+        let code = Array(bytes.prefix(got))
+        codeCache[cacheKey] = code
+        return code
+    }
+
+    static func key(of path: String) -> FileKey? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return FileKey(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
+    /// A mapping's file, from its "major:minor" (hex) and inode.
+    static func key(of entry: MapEntry) -> FileKey? {
+        let parts = entry.device.split(separator: ":")
+        guard parts.count == 2, let major = UInt64(parts[0], radix: 16), let minor = UInt64(parts[1], radix: 16) else { return nil }
+        // glibc's makedev.
+        let device = (major & 0xfff) << 8 | (major & ~0xfff) << 32 | (minor & 0xff) | (minor & ~0xff) << 12
+        return FileKey(device: device, inode: entry.inode)
+    }
+
+    private func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+}
+
+extension SiteRole {
+    var probeIndex: Int? {
+        switch self {
+        case .entry(let p), .hijackReturn(let p), .markEntry(let p), .returnSite(let p): return p
+        case .loaderHook: return nil
+        }
+    }
+}

@@ -1,0 +1,287 @@
+import CUtapSys
+import Glibc
+import Synchronization
+import UtapCore
+
+/// The ptrace backend: probes as int3 breakpoints handled by `PtraceEngine` on a tracer
+/// thread of its own. For machines where BPF is missing or refused; traces one process
+/// (and, with --follow-forks, its children).
+public struct PtraceBackend: TracingBackend {
+    public let name = "ptrace"
+
+    public init() {}
+
+    public func attach(_ plan: TracePlan) throws(UtapError) -> TraceSession {
+        guard case .process(let pid) = plan.scope else {
+            throw .usage("the ptrace backend traces one process, not every process that maps the file",
+                         hint: "give -p PID or -- COMMAND")
+        }
+        let placer = try ProbePlacer(probes: plan.probes)
+        try placer.check()
+        let session = PtraceSession(plan: plan, pid: pid, placer: placer)
+        try session.start()
+        return session
+    }
+}
+
+/// Live ptrace probes. The tracer thread owns the engine (ptrace requests are accepted only
+/// from the thread that attached); events reach `poll` through a bounded queue, so a slow
+/// reader holds the target back instead of losing events.
+final class PtraceSession: TraceSession, @unchecked Sendable {
+    private let plan: TracePlan
+    private let pid: Int32
+    private let placer: ProbePlacer
+    private let shared = Mutex(Shared())
+    /// Events waiting for `poll` beyond this make the tracer wait.
+    static let queueLimit = 65536
+    /// The signal that interrupts the tracer thread's waitpid.
+    static let wakeSignal = SIGUSR2
+
+    struct Shared {
+        var events: [Event] = []
+        var aggregates: Aggregates
+        var attached: Result<Void, UtapError>?
+        var stopRequested = false
+        var finished = false
+        var tracerThread: pthread_t?
+        /// The traced process's wait status, when it ended while traced.
+        var exitStatus: Int32?
+        var failure: UtapError?
+        init(probes: Int) { aggregates = .empty(probes: probes) }
+        init() { aggregates = .empty(probes: 0) }
+    }
+
+    init(plan: TracePlan, pid: Int32, placer: ProbePlacer) {
+        self.plan = plan
+        self.pid = pid
+        self.placer = placer
+        shared.withLock { $0.aggregates = .empty(probes: plan.probes.count) }
+    }
+
+    deinit { detach() }
+
+    /// Starts the tracer thread and waits until the probes are in place (or failed).
+    func start() throws(UtapError) {
+        utap_install_wake_handler(Self.wakeSignal)
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(self)
+        let rc = pthread_create(&thread, nil, { raw in
+            let session = Unmanaged<PtraceSession>.fromOpaque(raw!).takeRetainedValue()
+            session.tracerMain()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw .runtime("cannot start the tracer thread: \(String(cString: strerror(rc)))")
+        }
+        shared.withLock { $0.tracerThread = thread }
+        while true {
+            if let result = shared.withLock({ $0.attached }) {
+                if case .failure(let error) = result {
+                    pthread_join(thread, nil)
+                    shared.withLock { $0.tracerThread = nil }
+                    throw error
+                }
+                return
+            }
+            usleep(500)
+        }
+    }
+
+    // MARK: TraceSession
+
+    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int {
+        var batch = take()
+        if batch.isEmpty && timeoutMs > 0 {
+            usleep(UInt32(timeoutMs) * 1000)
+            batch = take()
+        }
+        for (i, event) in batch.enumerated() {
+            do {
+                try deliver(event)
+            } catch {
+                // Keep what was not delivered, in order.
+                let rest = batch[(i + 1)...]
+                shared.withLock { $0.events.insert(contentsOf: rest, at: 0) }
+                throw error
+            }
+        }
+        if let failure = shared.withLock({ $0.failure }) { throw failure }
+        return batch.count
+    }
+
+    private func take() -> [Event] {
+        shared.withLock { state in
+            let events = state.events
+            state.events = []
+            return events
+        }
+    }
+
+    func lostCounts() -> [UInt64] { [UInt64](repeating: 0, count: plan.probes.count) }
+
+    func aggregates() -> Aggregates { shared.withLock { $0.aggregates } }
+
+    /// The wait status of the traced process when it ended while traced (the tracer reaped
+    /// it: nobody else can).
+    var tracedExitStatus: Int32? { shared.withLock { $0.exitStatus } }
+    var reapsTracedProcess: Bool { true }
+
+    func detach() {
+        guard let thread = shared.withLock({ state -> pthread_t? in
+            state.stopRequested = true
+            let thread = state.tracerThread
+            state.tracerThread = nil
+            return thread
+        }) else { return }
+        // The tracer may be about to block in waitpid: signal it until it has finished.
+        while !shared.withLock({ $0.finished }) {
+            pthread_kill(thread, Self.wakeSignal)
+            usleep(1000)
+        }
+        pthread_join(thread, nil)
+    }
+
+    // MARK: tracer thread
+
+    private func tracerMain() {
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, Self.wakeSignal)
+        pthread_sigmask(SIG_UNBLOCK, &mask, nil)
+        var engine: PtraceEngine?
+        do throws(UtapError) {
+            let process = try TracedProcess(pid: pid, killOnExit: plan.startsAtExec)
+            let live = PtraceEngine(process: process, followForks: plan.followForks)
+            engine = live
+            let events = EventMaker(plan: plan)
+            live.onHit = { [unowned self] hit in self.record(hit, events, live) }
+            live.onMappingsChanged = { [placer] space in
+                events.forget(pid: space.pid)
+                placer.place(in: space, engine: live)
+            }
+            placer.warn = { message in
+                let line = "utap: warning: \(message)\n"
+                _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+            }
+            if !plan.startsAtExec { placer.place(in: process, engine: live) }
+            shared.withLock { $0.attached = .success(()) }
+            let outcome = try live.run(until: { [unowned self] in shared.withLock { $0.stopRequested } })
+            if outcome == .stopped { live.detach() }
+            shared.withLock { $0.exitStatus = live.rootExitStatus }
+        } catch {
+            engine?.detach()
+            shared.withLock { state in
+                if state.attached == nil { state.attached = .failure(error) } else { state.failure = error }
+            }
+        }
+        shared.withLock { $0.finished = true }
+    }
+
+    /// One probe event: filtered, then counted or queued.
+    private func record(_ hit: Hit, _ maker: EventMaker, _ engine: PtraceEngine) {
+        let probe = plan.probes[hit.probe]
+        let comm = maker.comm(pid: hit.pid, tid: hit.tid)
+        if !plan.filter.isEmpty {
+            let sources = Registers.argumentRegisters.map { hit.registers[$0] } + [hit.registers[.rax]]
+            guard FilterEvaluator.passes(plan.filter, sources: sources, pid: hit.pid, tid: hit.tid, comm: comm,
+                                         latency: hit.latencyNs) else { return }
+        }
+        switch plan.mode {
+        case .count(let byPid):
+            shared.withLock { state in
+                state.aggregates.counts[hit.probe] += 1
+                if byPid {
+                    if let i = state.aggregates.processCounts.firstIndex(where: { $0.probe == hit.probe && $0.pid == hit.pid }) {
+                        state.aggregates.processCounts[i].count += 1
+                    } else {
+                        state.aggregates.processCounts.append(ProcessCount(probe: hit.probe, pid: hit.pid, comm: comm, count: 1))
+                    }
+                }
+            }
+        case .latency:
+            if let latency = hit.latencyNs { shared.withLock { $0.aggregates.histograms[hit.probe].record(latency) } }
+        case .stream:
+            let event = maker.event(hit, probe: probe, comm: comm, userStack: plan.userStacks)
+            while !shared.withLock({ state -> Bool in
+                guard state.events.count < Self.queueLimit || state.stopRequested else { return false }
+                state.events.append(event)
+                return true
+            }) {
+                usleep(200)  // the reader is behind: the target waits at its probe
+            }
+        }
+    }
+}
+
+/// Builds `Event`s from hits: fields from registers and memory, comm, stack.
+final class EventMaker {
+    private let memory = ProcessMemory()
+    private var comms: [Int32: String] = [:]
+    private let symbolizer: Symbolizer?
+    /// Deepest user stack walked (as the BPF side's UTAP_STACK_MAX).
+    static let maxFrames = 127
+
+    init(plan: TracePlan) {
+        symbolizer = plan.userStacks ? Symbolizer(knownFiles: Array(Set(plan.probes.map(\.path))).sorted()) : nil
+    }
+
+    /// The thread's name, read once per thread (and again after an exec).
+    func comm(pid: Int32, tid: Int32) -> String {
+        if let name = comms[tid] { return name }
+        var name = ""
+        let fd = open("/proc/\(pid)/task/\(tid)/comm", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            var bytes = [UInt8](repeating: 0, count: 32)
+            let got = read(fd, &bytes, bytes.count)
+            close(fd)
+            if got > 0 { name = String(decoding: bytes.prefix(got).prefix { $0 != 0x0A }, as: UTF8.self) }
+        }
+        comms[tid] = name
+        return name
+    }
+
+    /// A process exec'd: its names and its memory are new.
+    func forget(pid: Int32) {
+        comms = [:]
+        memory.forget(pid: pid)
+    }
+
+    func event(_ hit: Hit, probe: ResolvedProbe, comm: String, userStack: Bool) -> Event {
+        let regs = hit.registers
+        let fields = probe.fields.map { field -> FieldValue in
+            let raw: UInt64
+            switch field.source {
+            case .arg(let n): raw = n < 6 ? regs[Registers.argumentRegisters[n]] : 0
+            case .ret: raw = regs[.rax]
+            case .location(.register(let r)): raw = regs[r]
+            case .location(.constant(let c)): raw = UInt64(bitPattern: c)
+            case .location(.memory(let base, let displacement, let size)):
+                raw = memory.integer(pid: hit.pid, address: regs[base] &+ UInt64(bitPattern: displacement), size: size) ?? 0
+            }
+            guard case .string(let maxLength) = field.type else { return .integer(raw, as: field.type) }
+            guard let string = memory.string(pid: hit.pid, address: raw, maxLength: maxLength) else {
+                return .unreadable(address: raw)
+            }
+            return .string(string.bytes, truncated: string.truncated)
+        }
+        return Event(timestampNs: hit.timestampNs, pid: hit.pid, tid: hit.tid, comm: comm, probe: hit.probe,
+                     kind: hit.kind, fields: fields, latencyNs: hit.latencyNs,
+                     stack: userStack ? stack(hit) : nil)
+    }
+
+    /// The user stack by frame pointers, as the kernel walks it for BPF: the probe's
+    /// address, then each saved return address up the rbp chain.
+    private func stack(_ hit: Hit) -> [String] {
+        var addresses = [hit.kind == .return ? hit.registers[.rip] : hit.address]
+        var frame = hit.registers[.rbp]
+        while addresses.count < Self.maxFrames, frame != 0, frame & 7 == 0,
+              let next = memory.integer(pid: hit.pid, address: frame, size: 8),
+              let returnAddress = memory.integer(pid: hit.pid, address: frame &+ 8, size: 8), returnAddress != 0 {
+            addresses.append(returnAddress)
+            guard next > frame else { break }
+            frame = next
+        }
+        return symbolizer?.frames(pid: hit.pid, addresses: addresses, buildIDFrames: []) ?? []
+    }
+}
