@@ -26,6 +26,20 @@ struct Site {
     var emulation: Emulation?
     /// The stub's address and the instruction as it runs there, once a thread needed it.
     var stub: (address: UInt64, step: OutOfLineStep)?
+
+    /// Whether the stub runs natively, ending in a jump back (one stop per hit), or must be
+    /// single-stepped: an indirect call would push the stub's address as its return address.
+    static func runsNatively(_ step: OutOfLineStep) -> Bool { step.fixup != .call }
+}
+
+/// Where a thread stopped inside a natively run stub really is.
+struct StubPosition {
+    /// The probe's address.
+    var address: UInt64
+    /// The instruction has not completed: the thread belongs at the probe's address.
+    var atStart: Bool
+    /// Where it belongs.
+    var original: UInt64
 }
 
 /// One probe event as the engine sees it, with the registers it happened with.
@@ -57,11 +71,20 @@ public enum RunOutcome: Equatable, Sendable {
 }
 
 /// The ptrace engine (ptrace-xol.md): one tracer thread, `waitpid(-1, __WALL)`, int3
-/// breakpoints whose displaced instruction is emulated (one stop per hit) or single-stepped
-/// in a stub of an injected out-of-line page (two stops), return probes by return-address
+/// breakpoints whose displaced instruction is emulated or run out of line in a stub of an
+/// injected page, return probes by return-address
 /// hijack or on `ret` sites, signals kept intact, new threads, fork, vfork and exec followed.
 ///
 /// Only the thread that hits a probe stops; the others run on.
+///
+/// **Out of line, one stop.** A stub is the instruction (rip-relative displacement
+/// rewritten) followed by a jump back to the next instruction, so the thread runs it at
+/// full speed with no second stop; only indirect calls are single-stepped (their pushed
+/// return address needs fixing). A thread can be stopped inside a stub only by a signal
+/// (or a PTRACE_INTERRUPT): before the signal is delivered it is moved to where it belongs,
+/// the probe's address when the instruction has not completed (its next int3 there is then
+/// not counted again: `skip`) or the next instruction, so no signal handler ever sees a
+/// program counter in the page, and a fault is reported at the original address.
 ///
 /// **Waiting.** `run` waits with `waitpid(-1, …, __WALL)`: the tracer must have **no other
 /// children** while it runs. When the traced process is the tracer's child, its exit
@@ -240,8 +263,14 @@ public final class PtraceEngine {
             try stepStop(thread, step, signal)
             return
         }
-        guard signal == SIGTRAP, let info = try? SignalInfo.get(thread.tid), info.code == SignalInfo.kernel,
-              var regs = try? Registers.get(thread.tid) else {
+        guard var regs = try? Registers.get(thread.tid) else {
+            release(thread, signal)
+            return
+        }
+        guard signal == SIGTRAP, let info = try? SignalInfo.get(thread.tid), info.code == SignalInfo.kernel else {
+            if let position = thread.space.stubPosition(of: regs[.rip]) {
+                try leaveStub(thread, position, &regs, signal: signal)
+            }
             release(thread, signal)
             return
         }
@@ -257,6 +286,23 @@ public final class PtraceEngine {
             release(thread)
         } else {
             release(thread, SIGTRAP)  // the program's own int3
+        }
+    }
+
+    /// Moves a thread stopped inside a native stub to where it belongs before `signal`
+    /// (0: none) reaches it.
+    private func leaveStub(_ thread: TracedThread, _ position: StubPosition, _ regs: inout Registers,
+                           signal: Int32) throws(UtapError) {
+        let stub = regs[.rip]
+        regs[.rip] = position.original
+        try regs.set(thread.tid)
+        if position.atStart {
+            thread.skip = (position.address, regs[.rsp])
+            if signal != 0, var info = try? SignalInfo.get(thread.tid),
+               info.faultAddress >= stub && info.faultAddress < stub + OutOfLinePage.slotSize {
+                info.faultAddress = info.faultAddress - stub + position.address
+                try info.set(thread.tid)
+            }
         }
     }
 
@@ -281,6 +327,15 @@ public final class PtraceEngine {
 
     /// A probe's int3: the events, then the displaced instruction.
     private func hit(_ thread: TracedThread, _ site: Site, at address: UInt64, _ regs: Registers) throws(UtapError) {
+        if let skip = thread.skip {
+            thread.skip = nil
+            if skip.address == address && skip.sp == regs[.rsp] {
+                // Back from a signal taken before the stub's instruction completed: this
+                // hit was counted already.
+                try dispose(thread, at: address, regs)
+                return
+            }
+        }
         hitCount += 1
         let now = monotonicNs()
         var hijacked: [Int] = []
@@ -352,7 +407,17 @@ public final class PtraceEngine {
             let placeholder = try space.stubSlot(near: address, bytes: [], using: thread.tid)
             switch InstructionAnalysis.plan(site.code, at: address, stub: placeholder) {
             case .step(let step):
-                try space.write(step.bytes, at: placeholder)
+                var bytes = step.bytes
+                if Site.runsNatively(step) && step.fixup == .instructionPointer {
+                    // jmp rel32 back to the next instruction.
+                    let next = address + UInt64(step.bytes.count)
+                    let from = placeholder + UInt64(bytes.count) + 5
+                    bytes += [0xE9] + withUnsafeBytes(of: Int32(truncatingIfNeeded: Int64(bitPattern: next &- from)).littleEndian) { Array($0) }
+                }
+                try space.write(bytes, at: placeholder)
+                if Site.runsNatively(step) {
+                    space.stubs[placeholder] = (address, step.bytes.count)
+                }
                 site.stub = (placeholder, step)
                 space.sites[address] = site
             case .emulate, .refuse:
@@ -363,6 +428,10 @@ public final class PtraceEngine {
         let (stub, step) = site.stub!
         regs[.rip] = stub
         try regs.set(thread.tid)
+        if Site.runsNatively(step) {
+            release(thread)
+            return
+        }
         thread.step = ActiveStep(address: address, stub: stub, step: step)
         PT.resume(PT.SINGLESTEP, thread.tid)
     }
@@ -583,6 +652,11 @@ public final class PtraceEngine {
             if tid < 0 { if errno == EINTR { continue } else { break } }
             _ = try? handle(tid, status)
         }
+        for thread in threads.values where thread.parked != nil {
+            if var regs = try? Registers.get(thread.tid), let position = thread.space.stubPosition(of: regs[.rip]) {
+                try? leaveStub(thread, position, &regs, signal: thread.parked ?? 0)
+            }
+        }
         for space in processes {
             space.stoppedThread = threads.values.first { $0.space === space && $0.parked != nil }?.tid
             if let trampoline = space.outOfLinePages.first?.trampoline {
@@ -713,6 +787,8 @@ final class TracedThread {
     var marks: [EntryMark] = []
     /// Set while the thread single-steps a stub.
     var step: ActiveStep?
+    /// The next int3 at this address with this stack pointer is a re-run, not a new hit.
+    var skip: (address: UInt64, sp: UInt64)?
     /// Events are reported (false for fork children utap does not follow).
     var emitsEvents = true
     /// A fork child to clean and let go at its first stop.

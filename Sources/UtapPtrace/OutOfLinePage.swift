@@ -2,12 +2,14 @@ import CUtapSys
 import Glibc
 import UtapCore
 
-/// A page utap maps into the traced process for instructions stepped out of line
-/// (ptrace-xol.md §0): 16-byte slots, each `[instruction][int3 …]`. Slot 0 of every page
+/// A page utap maps into the traced process for instructions run out of line
+/// (ptrace-xol.md §0): 32-byte slots, each `[instruction][jmp back][int3 …]` (or without
+/// the jump, for a stub that is single-stepped or transfers control itself). Slot 0 of every page
 /// is the return trampoline (one int3) that hijacked return addresses point to.
 struct OutOfLinePage: Equatable {
     static let size: UInt64 = 4096
-    static let slotSize: UInt64 = 16
+    /// An instruction (at most 15 bytes) and a 5-byte jump back.
+    static let slotSize: UInt64 = 32
     let base: UInt64
     /// Slots handed out so far, the trampoline included.
     var used: UInt64 = 1
@@ -28,6 +30,16 @@ extension TracedProcess {
     func trampoline(using tid: Int32) throws(UtapError) -> UInt64 {
         if let page = outOfLinePages.first { return page.trampoline }
         return try addPage(near: nil, using: tid).trampoline
+    }
+
+    /// Where a thread whose rip is `address` belongs, when that is inside a native stub:
+    /// at its start (instruction not completed) or at its jump back (completed).
+    func stubPosition(of address: UInt64) -> StubPosition? {
+        let slot = address & ~(OutOfLinePage.slotSize - 1)
+        guard let (probe, length) = stubs[slot] else { return nil }
+        if address == slot { return StubPosition(address: probe, atStart: true, original: probe) }
+        if address == slot + UInt64(length) { return StubPosition(address: probe, atStart: false, original: probe + UInt64(length)) }
+        return nil
     }
 
     /// True when `address` is a trampoline.

@@ -45,6 +45,8 @@ public final class TracedProcess {
     var sites: [UInt64: Site] = [:]
     /// Out-of-line pages injected into the process.
     var outOfLinePages: [OutOfLinePage] = []
+    /// Natively run stubs: stub address → (probe address, instruction length).
+    var stubs: [UInt64: (UInt64, Int)] = [:]
     /// A thread the engine holds in a ptrace-stop right now: PTRACE_PEEK/POKE go through
     /// it instead of interrupting one.
     var stoppedThread: Int32?
@@ -99,6 +101,7 @@ public final class TracedProcess {
         breakpoints = parent.breakpoints
         sites = parent.sites
         outOfLinePages = parent.outOfLinePages
+        stubs = parent.stubs
         isAttached = true
         openMemory()
     }
@@ -311,6 +314,7 @@ public final class TracedProcess {
         retiredBreakpoints = []
         sites = [:]
         outOfLinePages = []
+        stubs = [:]
         threads = [pid]
         openMemory()
     }

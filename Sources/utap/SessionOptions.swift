@@ -104,7 +104,11 @@ struct SessionOptions: ParsableArguments {
             var resolver = ProbeResolver(pid: pid, executable: launched?.executable)
             var resolved: [ResolvedProbe] = []
             for spec in specs {
-                for probe in try resolver.resolve(spec) { resolved.append(try resolver.placeReturn(probe, mode: returnMode)) }
+                for var probe in try resolver.resolve(spec) {
+                    // A latency is measured at the return: --return-mode applies.
+                    if mode == .latency { probe.kind = .return }
+                    resolved.append(try resolver.placeReturn(probe, mode: returnMode))
+                }
             }
             if resolved.count > maxProbes {
                 throw UtapError.usage("probes: \(resolved.count) functions match, more than --max-probes \(maxProbes)",

@@ -19,19 +19,23 @@ final class AggregateTests: XCTestCase {
     }
 
     func testCountsEqualTheTargetsOwnCalls() throws {
-        let r = try run("count", ["--format", "json"], ["add2", "take_str", "is_even%return", "first_call"], "args_pie", ["1234"])
-        var counts: [String: Int] = [:]
-        for record in r.records where record["type"] as? String == "count" {
-            counts[record["probe"] as! String] = record["count"] as? Int
+        try Harness.eachBackend { backend in
+            let r = try run("count", ["--format", "json"], ["add2", "take_str", "is_even%return", "first_call"], "args_pie", ["1234"])
+            var counts: [String: Int] = [:]
+            for record in r.records where record["type"] as? String == "count" {
+                counts[record["probe"] as! String] = record["count"] as? Int
+            }
+            XCTAssertEqual(counts, ["add2": 1234, "take_str": 5, "is_even%return": 2, "first_call": 1])
+            XCTAssertTrue(r.stdout.contains("sum=2282283 strs=309"), "the target's output is untouched")
         }
-        XCTAssertEqual(counts, ["add2": 1234, "take_str": 5, "is_even%return": 2, "first_call": 1])
-        XCTAssertTrue(r.stdout.contains("sum=2282283 strs=309"), "the target's output is untouched")
     }
 
     func testCountTableIsSortedByHits() throws {
-        let r = try run("count", [], ["take_str", "add2", "first_call"], "args_nopie", ["50"])
-        XCTAssertEqual(r.trace.split(separator: "\n").map { $0.split(separator: " ").map(String.init) },
-                       [["PROBE", "COUNT"], ["add2", "50"], ["take_str", "5"], ["first_call", "1"]])
+        try Harness.eachBackend { backend in
+            let r = try run("count", [], ["take_str", "add2", "first_call"], "args_nopie", ["50"])
+            XCTAssertEqual(r.trace.split(separator: "\n").map { $0.split(separator: " ").map(String.init) },
+                           [["PROBE", "COUNT"], ["add2", "50"], ["take_str", "5"], ["first_call", "1"]])
+        }
     }
 
     func testCountByPidSeparatesProcesses() throws {
@@ -60,47 +64,53 @@ final class AggregateTests: XCTestCase {
     }
 
     func testIntervalReportsAddUpToTheTotal() throws {
-        let target = try Harness.WaitingTarget("forever", [])
-        defer { target.kill() }
-        let utap = try Harness.Background(["count", "--format", "json", "--interval", "0.2", "-p", String(target.pid), "tick"])
-        target.release()
-        usleep(1_100_000)
-        target.kill()
-        let r = utap.wait()
-        let reports = r.records.filter { $0["type"] as? String == "count" }
-        XCTAssertGreaterThanOrEqual(reports.count, 5, "a report every 0.2 s")
-        let total = reports.reduce(0) { $0 + ($1["count"] as! Int) }
-        // forever ticks once per ms; the sum of the intervals is every tick seen.
-        XCTAssertGreaterThan(total, 500)
-        XCTAssertLessThan(total, 1200)
+        try Harness.eachBackend { backend in
+            let target = try Harness.WaitingTarget("forever", [])
+            defer { target.kill() }
+            let utap = try Harness.Background(["count", "--format", "json", "--interval", "0.2", "-p", String(target.pid), "tick"])
+            target.release()
+            usleep(1_100_000)
+            target.kill()
+            let r = utap.wait()
+            let reports = r.records.filter { $0["type"] as? String == "count" }
+            XCTAssertGreaterThanOrEqual(reports.count, 5, "a report every 0.2 s")
+            let total = reports.reduce(0) { $0 + ($1["count"] as! Int) }
+            // forever ticks once per ms; the sum of the intervals is every tick seen.
+            XCTAssertGreaterThan(total, 500)
+            XCTAssertLessThan(total, 1200)
+        }
     }
 
     func testLatencyHistogramHoldsTheKnownSleeps() throws {
-        let r = try run("latency", ["--format", "json"], ["nap"], "sleeper", ["5"])
-        let report = try XCTUnwrap(r.records.first { $0["type"] as? String == "latency" })
-        XCTAssertEqual(report["probe"] as? String, "nap")
-        XCTAssertEqual(report["count"] as? Int, 5)
-        let buckets = try XCTUnwrap(report["buckets"] as? [[String: Any]])
-        // nap(20) sleeps 20 ms and a little more: all in [2^24, 2^25) ns = [16.8, 33.6) ms.
-        XCTAssertEqual(buckets.map { $0["ge_ns"] as? Int }, [1 << 24])
-        XCTAssertEqual(buckets.map { $0["count"] as? Int }, [5])
-        let max = try XCTUnwrap(report["max_ns"] as? Int)
-        XCTAssertGreaterThanOrEqual(max, 20_000_000)
-        XCTAssertLessThanOrEqual(report["p99_ns"] as! Int, max)
-        XCTAssertGreaterThanOrEqual(report["p50_ns"] as! Int, 20_000_000)
-        XCTAssertGreaterThanOrEqual(report["sum_ns"] as! Int, 5 * 20_000_000)
+        try Harness.eachBackend { backend in
+            let r = try run("latency", ["--format", "json"], ["nap"], "sleeper", ["5"])
+            let report = try XCTUnwrap(r.records.first { $0["type"] as? String == "latency" })
+            XCTAssertEqual(report["probe"] as? String, "nap")
+            XCTAssertEqual(report["count"] as? Int, 5)
+            let buckets = try XCTUnwrap(report["buckets"] as? [[String: Any]])
+            // nap(20) sleeps 20 ms and a little more: all in [2^24, 2^25) ns = [16.8, 33.6) ms.
+            XCTAssertEqual(buckets.map { $0["ge_ns"] as? Int }, [1 << 24])
+            XCTAssertEqual(buckets.map { $0["count"] as? Int }, [5])
+            let max = try XCTUnwrap(report["max_ns"] as? Int)
+            XCTAssertGreaterThanOrEqual(max, 20_000_000)
+            XCTAssertLessThanOrEqual(report["p99_ns"] as! Int, max)
+            XCTAssertGreaterThanOrEqual(report["p50_ns"] as! Int, 20_000_000)
+            XCTAssertGreaterThanOrEqual(report["sum_ns"] as! Int, 5 * 20_000_000)
+        }
     }
 
     func testLatencyUnderRecursionCountsEveryCall() throws {
-        let r = try run("latency", [], ["fib"], "fib", ["12"])
-        let lines = r.trace.split(separator: "\n")
-        XCTAssertTrue(lines.first?.hasPrefix("fib: count=465  avg=") == true, r.trace)
-        XCTAssertTrue(lines.contains { $0.contains("latency (ns)") && $0.contains("distribution") })
-        let rowTotal = lines.dropFirst(2).compactMap { line -> Int? in
-            let parts = line.split(separator: " ")
-            return parts.count >= 5 ? Int(parts[3]) : nil
-        }.reduce(0, +)
-        XCTAssertEqual(rowTotal, 465, r.trace)
+        try Harness.eachBackend { backend in
+            let r = try run("latency", [], ["fib"], "fib", ["12"])
+            let lines = r.trace.split(separator: "\n")
+            XCTAssertTrue(lines.first?.hasPrefix("fib: count=465  avg=") == true, r.trace)
+            XCTAssertTrue(lines.contains { $0.contains("latency (ns)") && $0.contains("distribution") })
+            let rowTotal = lines.dropFirst(2).compactMap { line -> Int? in
+                let parts = line.split(separator: " ")
+                return parts.count >= 5 ? Int(parts[3]) : nil
+            }.reduce(0, +)
+            XCTAssertEqual(rowTotal, 465, r.trace)
+        }
     }
 
     func testFieldsAreRefused() throws {

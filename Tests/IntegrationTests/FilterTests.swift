@@ -19,42 +19,50 @@ final class FilterTests: XCTestCase {
     }
 
     func testComparisonsOfArgumentsSignsAndWidths() throws {
-        let either = try run(["trace", "--filter", "arg0 >= 990 || arg1 == 4", "add2 a=arg0"], "args_pie", ["1000"])
-        XCTAssertEqual(either.events("add2").map { $0.int("a")! }, [2] + Array(990..<1000))
-        XCTAssertEqual(either.summary?["events"] as? Int, 11)
+        try Harness.eachBackend { backend in
+            let either = try run(["trace", "--filter", "arg0 >= 990 || arg1 == 4", "add2 a=arg0"], "args_pie", ["1000"])
+            XCTAssertEqual(either.events("add2").map { $0.int("a")! }, [2] + Array(990..<1000))
+            XCTAssertEqual(either.summary?["events"] as? Int, 11)
 
-        let negative = try run(["trace", "--filter", "arg0 < 0", "take_s64 a=arg0"], "args_pie", ["3"])
-        XCTAssertEqual(negative.events("take_s64").map { $0.int("a")! }, [Int64.min])
-        let unsigned = try run(["trace", "--filter", "arg0:u64 > 0x7fffffffffffffff && !(arg1 == 0)", "take_s64"], "args_pie", ["3"])
-        XCTAssertEqual(unsigned.events("take_s64").count, 1)
-        // take_ints gets (-5, 250, ...): compared as s8 the first is -5, as u8 it is 251.
-        let narrow = try run(["trace", "--filter", "arg0:s8 == -5 && arg0:u8 == 251 && arg1:u8 == 250", "take_ints"], "args_pie", ["3"])
-        XCTAssertEqual(narrow.events("take_ints").count, 1)
+            let negative = try run(["trace", "--filter", "arg0 < 0", "take_s64 a=arg0"], "args_pie", ["3"])
+            XCTAssertEqual(negative.events("take_s64").map { $0.int("a")! }, [Int64.min])
+            let unsigned = try run(["trace", "--filter", "arg0:u64 > 0x7fffffffffffffff && !(arg1 == 0)", "take_s64"], "args_pie", ["3"])
+            XCTAssertEqual(unsigned.events("take_s64").count, 1)
+            // take_ints gets (-5, 250, ...): compared as s8 the first is -5, as u8 it is 251.
+            let narrow = try run(["trace", "--filter", "arg0:s8 == -5 && arg0:u8 == 251 && arg1:u8 == 250", "take_ints"], "args_pie", ["3"])
+            XCTAssertEqual(narrow.events("take_ints").count, 1)
+        }
     }
 
     func testCommAndReturnValues() throws {
-        let mine = try run(["trace", "--filter", #"comm == "args_pie""#, "add2"], "args_pie", ["20"])
-        XCTAssertEqual(mine.events("add2").count, 20)
-        let other = try run(["trace", "--filter", #"comm != "args_pie""#, "add2"], "args_pie", ["20"])
-        XCTAssertEqual(other.events("add2").count, 0)
-        XCTAssertEqual(other.summary?["events"] as? Int, 0)
-        let returns = try run(["trace", "--filter", "ret > 50", "add2%return r=ret"], "args_pie", ["20"])
-        XCTAssertEqual(returns.events("add2%return").map { $0.int("r")! }, (17..<20).map { Int64(3 * $0) })
+        try Harness.eachBackend { backend in
+            let mine = try run(["trace", "--filter", #"comm == "args_pie""#, "add2"], "args_pie", ["20"])
+            XCTAssertEqual(mine.events("add2").count, 20)
+            let other = try run(["trace", "--filter", #"comm != "args_pie""#, "add2"], "args_pie", ["20"])
+            XCTAssertEqual(other.events("add2").count, 0)
+            XCTAssertEqual(other.summary?["events"] as? Int, 0)
+            let returns = try run(["trace", "--filter", "ret > 50", "add2%return r=ret"], "args_pie", ["20"])
+            XCTAssertEqual(returns.events("add2%return").map { $0.int("r")! }, (17..<20).map { Int64(3 * $0) })
+        }
     }
 
     func testCountAndLatencyHonourTheFilter() throws {
-        let counted = try run(["count", "--filter", "arg0 > 5", "add2"], "args_pie", ["10"])
-        XCTAssertEqual(counted.records.first { $0["type"] as? String == "count" }?["count"] as? Int, 4)
-        let slow = try run(["latency", "--filter", "latency > 10ms", "nap"], "sleeper", ["3"])
-        XCTAssertEqual(slow.records.first { $0["type"] as? String == "latency" }?["count"] as? Int, 3)
-        let fast = try run(["latency", "--filter", "latency < 1ms", "nap"], "sleeper", ["3"])
-        XCTAssertEqual(fast.records.first { $0["type"] as? String == "latency" }?["count"] as? Int, 0)
+        try Harness.eachBackend { backend in
+            let counted = try run(["count", "--filter", "arg0 > 5", "add2"], "args_pie", ["10"])
+            XCTAssertEqual(counted.records.first { $0["type"] as? String == "count" }?["count"] as? Int, 4)
+            let slow = try run(["latency", "--filter", "latency > 10ms", "nap"], "sleeper", ["3"])
+            XCTAssertEqual(slow.records.first { $0["type"] as? String == "latency" }?["count"] as? Int, 3)
+            let fast = try run(["latency", "--filter", "latency < 1ms", "nap"], "sleeper", ["3"])
+            XCTAssertEqual(fast.records.first { $0["type"] as? String == "latency" }?["count"] as? Int, 0)
+        }
     }
 
     func testReturnOperandsOnEntryProbesAreRefused() throws {
-        let r = try Harness.utap(["trace", "--filter", "ret == 0", "add2", "--", Harness.target("args_pie")])
-        XCTAssertEqual(r.status, 2)
-        XCTAssertTrue(r.stderr.hasPrefix("utap: error: --filter: ret and latency exist only on return probes"), r.stderr)
-        XCTAssertEqual(r.stdout, "")
+        try Harness.eachBackend { backend in
+            let r = try Harness.utap(["trace", "--filter", "ret == 0", "add2", "--", Harness.target("args_pie")])
+            XCTAssertEqual(r.status, 2)
+            XCTAssertTrue(r.stderr.hasPrefix("utap: error: --filter: ret and latency exist only on return probes"), r.stderr)
+            XCTAssertEqual(r.stdout, "")
+        }
     }
 }

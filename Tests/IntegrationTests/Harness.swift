@@ -96,7 +96,35 @@ enum Harness {
 
     static func utap(_ arguments: [String], input: String = "", environment: [String: String] = [:],
                      timeout: TimeInterval = 60) throws -> Result {
-        try run(utap, arguments, input: input, environment: environment, timeout: timeout)
+        let result = try run(utap, withBackend(arguments), input: input, environment: environment, timeout: timeout)
+        checkBackend(result.stderr)
+        return result
+    }
+
+    /// Under `eachBackend`, the status line must name the backend asked for.
+    static func checkBackend(_ stderr: String, file: StaticString = #filePath, line: UInt = #line) {
+        if let backend, stderr.contains("Ctrl-C to stop."), !stderr.contains("with \(backend). Ctrl-C to stop.") {
+            XCTFail("expected the \(backend) backend: \(stderr)", file: file, line: line)
+        }
+    }
+
+    /// utap's arguments with `--backend` added while `eachBackend` runs.
+    static func withBackend(_ arguments: [String]) -> [String] {
+        guard let backend, let first = arguments.first, ["trace", "count", "latency"].contains(first),
+              !arguments.contains("--backend") else { return arguments }
+        return [first, "--backend", backend] + arguments.dropFirst()
+    }
+
+    /// The backend `utap(_:)` asks for (`--backend`), while `eachBackend` runs.
+    nonisolated(unsafe) static var backend: String?
+
+    /// Runs `body` once with each backend: the same test, the same exact expectations.
+    static func eachBackend(_ body: (String) throws -> Void) rethrows {
+        for name in ["bpf", "ptrace"] {
+            backend = name
+            defer { backend = nil }
+            try body(name)
+        }
     }
 
     /// Reads both pipes on background threads so neither can fill up and block the child.
@@ -194,7 +222,7 @@ enum Harness {
 
         init(_ arguments: [String]) throws {
             process.executableURL = URL(fileURLWithPath: Harness.utap)
-            process.arguments = arguments
+            process.arguments = Harness.withBackend(arguments)
             let out = Pipe()
             process.standardOutput = out
             process.standardError = errPipe
@@ -210,6 +238,7 @@ enum Harness {
             }
             collector = Collector(out: out, err: errPipe)
             prefix = String(decoding: seen, as: UTF8.self)
+            Harness.checkBackend(prefix)
         }
 
         private let prefix: String

@@ -19,18 +19,20 @@ final class ReturnModeTests: XCTestCase {
 
     /// middle(i) returns i + 1 for even i; for odd i an exception unwinds through it.
     func testExceptionsPassThroughReturnSites() throws {
-        for mode in ["sites", "auto"] {
-            let r = try trace(mode, ["_Z6middlei%return r=ret:s32"], "exceptions", ["20"])
-            XCTAssertEqual(r.status, 0, "\(mode): \(r.stderr)")
-            XCTAssertEqual(r.stdout, "caught=10 sum=100\n", "the program's own output is untouched")
-            let returns = r.events("_Z6middlei%return")
-            XCTAssertEqual(returns.map { $0.int("r")! }, stride(from: 1, to: 20, by: 2).map { Int64($0) })
-            // Calls abandoned by an exception are dropped, not paired with a later return:
-            // every latency is one call of a function that does almost nothing.
-            for latency in returns.compactMap({ ($0["latency_ns"] as? NSNumber)?.uint64Value }) {
-                XCTAssertLessThan(latency, 10_000_000)
+        try Harness.eachBackend { backend in
+            for mode in ["sites", "auto"] {
+                let r = try trace(mode, ["_Z6middlei%return r=ret:s32"], "exceptions", ["20"])
+                XCTAssertEqual(r.status, 0, "\(mode): \(r.stderr)")
+                XCTAssertEqual(r.stdout, "caught=10 sum=100\n", "the program's own output is untouched")
+                let returns = r.events("_Z6middlei%return")
+                XCTAssertEqual(returns.map { $0.int("r")! }, stride(from: 1, to: 20, by: 2).map { Int64($0) })
+                // Calls abandoned by an exception are dropped, not paired with a later return:
+                // every latency is one call of a function that does almost nothing.
+                for latency in returns.compactMap({ ($0["latency_ns"] as? NSNumber)?.uint64Value }) {
+                    XCTAssertLessThan(latency, 10_000_000)
+                }
+                XCTAssertEqual(returns.filter { $0["latency_ns"] != nil }.count, 10, mode)
             }
-            XCTAssertEqual(returns.filter { $0["latency_ns"] != nil }.count, 10, mode)
         }
     }
 
@@ -38,22 +40,26 @@ final class ReturnModeTests: XCTestCase {
     /// unwind information for the trampoline and calls std::terminate. utap documents it
     /// and picks sites for C++ programs by default.
     func testHijackedReturnKillsAnUnwindingCppProgram() throws {
-        let r = try trace("hijack", ["_Z6middlei%return r=ret:s32"], "exceptions", ["20"])
-        XCTAssertEqual(r.status, 128 + SIGABRT, r.stderr)
-        XCTAssertTrue(r.stderr.contains("terminate called after throwing"), r.stderr)
+        try Harness.eachBackend { backend in
+            let r = try trace("hijack", ["_Z6middlei%return r=ret:s32"], "exceptions", ["20"])
+            XCTAssertEqual(r.status, 128 + SIGABRT, r.stderr)
+            XCTAssertTrue(r.stderr.contains("terminate called after throwing"), r.stderr)
+        }
     }
 
     /// For ordinary C both modes see the same returns with the same values.
     func testSitesAndHijackAgreeOnC() throws {
-        let sites = try trace("sites", ["fib%return ret"], "fib", ["10"])
-        let hijack = try trace("hijack", ["fib%return ret"], "fib", ["10"])
-        XCTAssertEqual(sites.status, 0, sites.stderr)
-        XCTAssertEqual(hijack.status, 0, hijack.stderr)
-        XCTAssertEqual(sites.events("fib%return").count, 177)
-        XCTAssertEqual(sites.events("fib%return").map { $0.int("ret")! }, hijack.events("fib%return").map { $0.int("ret")! })
-        XCTAssertEqual(sites.events("fib%return").filter { $0["latency_ns"] != nil }.count, 177)
-        let latency = try Harness.utap(["latency", "--return-mode", "sites", "--format", "json", "fib", "--",
-                                        Harness.target("fib"), "10"])
-        XCTAssertTrue(latency.stdout.contains(#""count":177"#), latency.stdout)
+        try Harness.eachBackend { backend in
+            let sites = try trace("sites", ["fib%return ret"], "fib", ["10"])
+            let hijack = try trace("hijack", ["fib%return ret"], "fib", ["10"])
+            XCTAssertEqual(sites.status, 0, sites.stderr)
+            XCTAssertEqual(hijack.status, 0, hijack.stderr)
+            XCTAssertEqual(sites.events("fib%return").count, 177)
+            XCTAssertEqual(sites.events("fib%return").map { $0.int("ret")! }, hijack.events("fib%return").map { $0.int("ret")! })
+            XCTAssertEqual(sites.events("fib%return").filter { $0["latency_ns"] != nil }.count, 177)
+            let latency = try Harness.utap(["latency", "--return-mode", "sites", "--format", "json", "fib", "--",
+                                            Harness.target("fib"), "10"])
+            XCTAssertTrue(latency.stdout.contains(#""count":177"#), latency.stdout)
+        }
     }
 }

@@ -24,19 +24,21 @@ final class TraceTests: XCTestCase {
 
     /// Every build of the args target: PIE, non-PIE, stripped, -O0 and clang.
     func testExactCountsArgumentsAndReturnsInEveryBuild() throws {
-        for target in ["args_pie", "args_nopie", "args_stripped", "args_O0", "args_clang"] {
-            let r = try trace(["add2 a=arg0 b=arg1", "add2%return r=ret"], target, ["1000"])
-            let entries = r.events("add2"), returns = r.events("add2%return")
-            XCTAssertEqual(entries.count, 1000, target)
-            XCTAssertEqual(returns.count, 1000, target)
-            XCTAssertEqual(entries.map { $0.int("a")! }, Array(0..<1000), target)
-            XCTAssertEqual(entries.map { $0.int("b")! }, (0..<1000).map { 2 * $0 }, target)
-            XCTAssertEqual(returns.map { $0.int("r")! }, (0..<1000).map { 3 * $0 }, target)
-            XCTAssertTrue(returns.allSatisfy { ($0["latency_ns"] as? NSNumber)?.uint64Value ?? 0 > 0 }, target)
-            XCTAssertTrue(r.stdout.contains("sum=1498500 strs=309"), "\(target)'s own output changed")
-            let summary = try XCTUnwrap(r.summary, target)
-            XCTAssertEqual(summary["events"] as? Int, 2000, target)
-            XCTAssertEqual(summary["lost"] as? Int, 0, target)
+        try Harness.eachBackend { backend in
+            for target in ["args_pie", "args_nopie", "args_stripped", "args_O0", "args_clang"] {
+                let r = try trace(["add2 a=arg0 b=arg1", "add2%return r=ret"], target, ["1000"])
+                let entries = r.events("add2"), returns = r.events("add2%return")
+                XCTAssertEqual(entries.count, 1000, target)
+                XCTAssertEqual(returns.count, 1000, target)
+                XCTAssertEqual(entries.map { $0.int("a")! }, Array(0..<1000), target)
+                XCTAssertEqual(entries.map { $0.int("b")! }, (0..<1000).map { 2 * $0 }, target)
+                XCTAssertEqual(returns.map { $0.int("r")! }, (0..<1000).map { 3 * $0 }, target)
+                XCTAssertTrue(returns.allSatisfy { ($0["latency_ns"] as? NSNumber)?.uint64Value ?? 0 > 0 }, target)
+                XCTAssertTrue(r.stdout.contains("sum=1498500 strs=309"), "\(target)'s own output changed")
+                let summary = try XCTUnwrap(r.summary, target)
+                XCTAssertEqual(summary["events"] as? Int, 2000, target)
+                XCTAssertEqual(summary["lost"] as? Int, 0, target)
+            }
         }
     }
 
@@ -60,172 +62,196 @@ final class TraceTests: XCTestCase {
     }
 
     func testCommandSeesItsVeryFirstCall() throws {
-        let r = try trace(["first_call x=arg0:s32", "first_call%return ret:s32"], "args_pie")
-        XCTAssertEqual(r.events("first_call").map { $0.int("x") }, [7])
-        XCTAssertEqual(r.events("first_call%return").map { $0.int("ret") }, [42])
+        try Harness.eachBackend { backend in
+            let r = try trace(["first_call x=arg0:s32", "first_call%return ret:s32"], "args_pie")
+            XCTAssertEqual(r.events("first_call").map { $0.int("x") }, [7])
+            XCTAssertEqual(r.events("first_call%return").map { $0.int("ret") }, [42])
+        }
     }
 
     func testIntegersOfEveryWidthAndSign() throws {
-        let r = try trace(["take_ints a=arg0:s8 b=arg1:u8 c=arg2:s16 d=arg3:u16 e=arg4:s32 f=arg5:u32",
-                           "take_s64 a=arg0:s64 b=arg1:u64 h=arg1:x p=arg0:ptr",
-                           "take_s64%return ret", "is_even%return ret:bool"], "args_nopie")
-        let ints = try XCTUnwrap(r.events("take_ints").first)
-        XCTAssertEqual(ints.int("a"), -5)
-        XCTAssertEqual(ints.int("b"), 250)
-        XCTAssertEqual(ints.int("c"), -30000)
-        XCTAssertEqual(ints.int("d"), 65000)
-        XCTAssertEqual(ints.int("e"), -2_000_000_000)
-        XCTAssertEqual(ints.int("f"), 4_000_000_000)
-        let s64 = try XCTUnwrap(r.events("take_s64").first)
-        XCTAssertEqual(s64.int("a"), Int64.min)
-        XCTAssertEqual(s64.uint("b"), UInt64.max)
-        XCTAssertEqual(s64.field("h") as? String, "0xffffffffffffffff")
-        XCTAssertEqual(s64.field("p") as? String, "0x8000000000000000")
-        XCTAssertEqual(r.events("take_s64%return").map { $0.int("ret") }, [-1])
-        XCTAssertEqual(r.events("is_even%return").map { $0.field("ret") as? Bool }, [false, true])
+        try Harness.eachBackend { backend in
+            let r = try trace(["take_ints a=arg0:s8 b=arg1:u8 c=arg2:s16 d=arg3:u16 e=arg4:s32 f=arg5:u32",
+                               "take_s64 a=arg0:s64 b=arg1:u64 h=arg1:x p=arg0:ptr",
+                               "take_s64%return ret", "is_even%return ret:bool"], "args_nopie")
+            let ints = try XCTUnwrap(r.events("take_ints").first)
+            XCTAssertEqual(ints.int("a"), -5)
+            XCTAssertEqual(ints.int("b"), 250)
+            XCTAssertEqual(ints.int("c"), -30000)
+            XCTAssertEqual(ints.int("d"), 65000)
+            XCTAssertEqual(ints.int("e"), -2_000_000_000)
+            XCTAssertEqual(ints.int("f"), 4_000_000_000)
+            let s64 = try XCTUnwrap(r.events("take_s64").first)
+            XCTAssertEqual(s64.int("a"), Int64.min)
+            XCTAssertEqual(s64.uint("b"), UInt64.max)
+            XCTAssertEqual(s64.field("h") as? String, "0xffffffffffffffff")
+            XCTAssertEqual(s64.field("p") as? String, "0x8000000000000000")
+            XCTAssertEqual(r.events("take_s64%return").map { $0.int("ret") }, [-1])
+            XCTAssertEqual(r.events("is_even%return").map { $0.field("ret") as? Bool }, [false, true])
+        }
     }
 
     func testStringsEmptyLongNonUTF8AndNull() throws {
-        let r = try trace(["take_str s=arg0:str", "take_str%return n=ret:s32"], "args_pie")
-        let strings = r.events("take_str").map { $0.field("s") }
-        XCTAssertEqual(strings.count, 5)
-        let alphabet = String(repeating: "abcdefghijklmnopqrstuvwxyz", count: 12)
-        XCTAssertEqual(strings[0] as? String, "hello")
-        XCTAssertEqual(strings[1] as? String, "")
-        XCTAssertEqual(strings[2] as? String, String(alphabet.prefix(64)), "str keeps 64 bytes")
-        XCTAssertTrue(strings[4] is NSNull, "a NULL pointer is null")
-        XCTAssertEqual(r.events("take_str%return").map { $0.int("n") }, [5, 0, 300, 5, -1])
-        // Bytes that are not UTF-8 are escaped byte by byte, never dropped.
-        let line = try XCTUnwrap(r.trace.split(separator: "\n").filter { $0.contains("\"take_str\"") }.dropFirst(3).first)
-        XCTAssertTrue(line.contains(#""s":"\u00ff\u00fe ok""#), String(line))
+        try Harness.eachBackend { backend in
+            let r = try trace(["take_str s=arg0:str", "take_str%return n=ret:s32"], "args_pie")
+            let strings = r.events("take_str").map { $0.field("s") }
+            XCTAssertEqual(strings.count, 5)
+            let alphabet = String(repeating: "abcdefghijklmnopqrstuvwxyz", count: 12)
+            XCTAssertEqual(strings[0] as? String, "hello")
+            XCTAssertEqual(strings[1] as? String, "")
+            XCTAssertEqual(strings[2] as? String, String(alphabet.prefix(64)), "str keeps 64 bytes")
+            XCTAssertTrue(strings[4] is NSNull, "a NULL pointer is null")
+            XCTAssertEqual(r.events("take_str%return").map { $0.int("n") }, [5, 0, 300, 5, -1])
+            // Bytes that are not UTF-8 are escaped byte by byte, never dropped.
+            let line = try XCTUnwrap(r.trace.split(separator: "\n").filter { $0.contains("\"take_str\"") }.dropFirst(3).first)
+            XCTAssertTrue(line.contains(#""s":"\u00ff\u00fe ok""#), String(line))
 
-        let long = try trace(["take_str s=arg0:str[255]"], "args_pie")
-        XCTAssertEqual(long.events("take_str")[2].field("s") as? String, String(alphabet.prefix(255)))
-        let exact = try trace(["take_str s=arg0:str[5]"], "args_pie")
-        XCTAssertEqual(exact.events("take_str")[0].field("s") as? String, "hello")
+            let long = try trace(["take_str s=arg0:str[255]"], "args_pie")
+            XCTAssertEqual(long.events("take_str")[2].field("s") as? String, String(alphabet.prefix(255)))
+            let exact = try trace(["take_str s=arg0:str[5]"], "args_pie")
+            XCTAssertEqual(exact.events("take_str")[0].field("s") as? String, "hello")
+        }
     }
 
     func testTruncationIsMarkedInText() throws {
-        let r = try trace(["take_str s=arg0:str[5]"], "args_pie", options: [])
-        let lines = r.trace.split(separator: "\n").filter { $0.contains("take_str") }
-        XCTAssertTrue(lines[0].hasSuffix(#"s="hello""#), String(lines[0]))
-        XCTAssertTrue(lines[2].hasSuffix(#"s="abcde"..."#), String(lines[2]))
-        XCTAssertTrue(lines[3].hasSuffix(#"s="\xff\xfe ok""#), String(lines[3]))
-        XCTAssertTrue(r.stderr.contains("utap: 5 events, 0 lost"), r.stderr)
+        try Harness.eachBackend { backend in
+            let r = try trace(["take_str s=arg0:str[5]"], "args_pie", options: [])
+            let lines = r.trace.split(separator: "\n").filter { $0.contains("take_str") }
+            XCTAssertTrue(lines[0].hasSuffix(#"s="hello""#), String(lines[0]))
+            XCTAssertTrue(lines[2].hasSuffix(#"s="abcde"..."#), String(lines[2]))
+            XCTAssertTrue(lines[3].hasSuffix(#"s="\xff\xfe ok""#), String(lines[3]))
+            XCTAssertTrue(r.stderr.contains("utap: 5 events, 0 lost"), r.stderr)
+        }
     }
 
     func testSharedLibraryByShortName() throws {
-        let r = try trace(["libutaptest:lib_add a=arg0:s32 b=arg1:s32", "libutaptest:lib_greet s=arg0:str",
-                           "libutaptest:lib_greet%return n=ret:s32"], "uselib", ["50"])
-        XCTAssertEqual(r.events("libutaptest:lib_add").map { $0.int("a")! }, Array(0..<50))
-        XCTAssertTrue(r.events("libutaptest:lib_add").allSatisfy { $0.int("b") == 100 })
-        XCTAssertEqual(r.events("libutaptest:lib_greet").map { $0.field("s") as? String }, ["world"])
-        XCTAssertEqual(r.events("libutaptest:lib_greet%return").map { $0.int("n") }, [5])
+        try Harness.eachBackend { backend in
+            let r = try trace(["libutaptest:lib_add a=arg0:s32 b=arg1:s32", "libutaptest:lib_greet s=arg0:str",
+                               "libutaptest:lib_greet%return n=ret:s32"], "uselib", ["50"])
+            XCTAssertEqual(r.events("libutaptest:lib_add").map { $0.int("a")! }, Array(0..<50))
+            XCTAssertTrue(r.events("libutaptest:lib_add").allSatisfy { $0.int("b") == 100 })
+            XCTAssertEqual(r.events("libutaptest:lib_greet").map { $0.field("s") as? String }, ["world"])
+            XCTAssertEqual(r.events("libutaptest:lib_greet%return").map { $0.int("n") }, [5])
+        }
     }
 
     func testRecursionPairsEveryReturnWithItsEntry() throws {
-        let r = try trace(["fib n=arg0:s32", "fib%return ret"], "fib", ["12"])
-        XCTAssertEqual(r.events("fib").count, 465)
-        let returns = r.events("fib%return")
-        XCTAssertEqual(returns.count, 465)
-        XCTAssertEqual(returns.last?.int("ret"), 144)
-        // Every return is paired with its own entry: the outermost call is the slowest.
-        let latencies = returns.map { ($0["latency_ns"] as? NSNumber)!.uint64Value }
-        XCTAssertEqual(latencies.max(), latencies.last)
+        try Harness.eachBackend { backend in
+            let r = try trace(["fib n=arg0:s32", "fib%return ret"], "fib", ["12"])
+            XCTAssertEqual(r.events("fib").count, 465)
+            let returns = r.events("fib%return")
+            XCTAssertEqual(returns.count, 465)
+            XCTAssertEqual(returns.last?.int("ret"), 144)
+            // Every return is paired with its own entry: the outermost call is the slowest.
+            let latencies = returns.map { ($0["latency_ns"] as? NSNumber)!.uint64Value }
+            XCTAssertEqual(latencies.max(), latencies.last)
+        }
     }
 
     func testLatencyMatchesKnownSleeps() throws {
-        let r = try trace(["nap%return"], "sleeper", ["3"])
-        let latencies = r.events("nap%return").map { ($0["latency_ns"] as? NSNumber)?.uint64Value ?? 0 }
-        XCTAssertEqual(latencies.count, 3)
-        for latency in latencies {
-            XCTAssertGreaterThanOrEqual(latency, 20_000_000, "nap(20) sleeps at least 20 ms")
-            XCTAssertLessThan(latency, 1_000_000_000)
+        try Harness.eachBackend { backend in
+            let r = try trace(["nap%return"], "sleeper", ["3"])
+            let latencies = r.events("nap%return").map { ($0["latency_ns"] as? NSNumber)?.uint64Value ?? 0 }
+            XCTAssertEqual(latencies.count, 3)
+            for latency in latencies {
+                XCTAssertGreaterThanOrEqual(latency, 20_000_000, "nap(20) sleeps at least 20 ms")
+                XCTAssertLessThan(latency, 1_000_000_000)
+            }
         }
     }
 
     func testCommandExitStatusAndOutputArePassedThrough() throws {
-        let r = try Harness.utap(["trace", "add2", "--", "/bin/sh", "-c", "echo hi; exit 7"])
-        // /bin/sh has no add2: the probe is refused before anything runs.
-        XCTAssertEqual(r.status, 2)
-        let ok = try Harness.utap(["trace", "--format", "json", Harness.target("args_pie") + ":add2", "--",
-                                   "/bin/sh", "-c", Harness.target("args_pie") + " 4; exit 7"])
-        XCTAssertEqual(ok.status, 7)
-        XCTAssertTrue(ok.stdout.contains("sum=18 strs=309"))
-        let signalled = try Harness.utap(["trace", Harness.target("args_pie") + ":add2", "--", "/bin/sh", "-c",
-                                          Harness.target("args_pie") + " 1 >/dev/null; kill -TERM $$"])
-        XCTAssertEqual(signalled.status, 128 + SIGTERM, "death by signal N exits 128+N")
+        try Harness.eachBackend { backend in
+            let r = try Harness.utap(["trace", "add2", "--", "/bin/sh", "-c", "echo hi; exit 7"])
+            // /bin/sh has no add2: the probe is refused before anything runs.
+            XCTAssertEqual(r.status, 2)
+            let ok = try Harness.utap(["trace", "--format", "json", Harness.target("args_pie") + ":add2", "--",
+                                       "/bin/sh", "-c", Harness.target("args_pie") + " 4; exit 7"])
+            XCTAssertEqual(ok.status, 7)
+            XCTAssertTrue(ok.stdout.contains("sum=18 strs=309"))
+            let signalled = try Harness.utap(["trace", Harness.target("args_pie") + ":add2", "--", "/bin/sh", "-c",
+                                              Harness.target("args_pie") + " 1 >/dev/null; kill -TERM $$"])
+            XCTAssertEqual(signalled.status, 128 + SIGTERM, "death by signal N exits 128+N")
+        }
     }
 
     func testPidSeesEveryThreadOfARunningProcess() throws {
-        let target = try Harness.WaitingTarget("threads", ["2000"])
-        let utap = try Harness.Background(["trace", "--format", "json", "-p", String(target.pid), "work t=arg0:s32 i=arg1"])
-        let own = target.go()
-        XCTAssertEqual(own.stdout, "total=8000\n")
-        let r = utap.wait()
-        XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stderr.contains("pid \(target.pid) exited"), r.stderr)
-        let events = r.events("work")
-        XCTAssertEqual(events.count, 8000)
-        var perThread: [Int: Int] = [:]
-        for e in events { perThread[e["tid"] as! Int, default: 0] += 1 }
-        XCTAssertEqual(perThread.count, 4)
-        XCTAssertTrue(perThread.values.allSatisfy { $0 == 2000 })
-        XCTAssertTrue(events.allSatisfy { $0["pid"] as? Int == Int(target.pid) })
-        for t in 0..<4 {
-            XCTAssertEqual(events.filter { $0.int("t") == Int64(t) }.map { $0.int("i")! }, Array(0..<2000))
+        try Harness.eachBackend { backend in
+            let target = try Harness.WaitingTarget("threads", ["2000"])
+            let utap = try Harness.Background(["trace", "--format", "json", "-p", String(target.pid), "work t=arg0:s32 i=arg1"])
+            let own = target.go()
+            XCTAssertEqual(own.stdout, "total=8000\n")
+            let r = utap.wait()
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("pid \(target.pid) exited"), r.stderr)
+            let events = r.events("work")
+            XCTAssertEqual(events.count, 8000)
+            var perThread: [Int: Int] = [:]
+            for e in events { perThread[e["tid"] as! Int, default: 0] += 1 }
+            XCTAssertEqual(perThread.count, 4)
+            XCTAssertTrue(perThread.values.allSatisfy { $0 == 2000 })
+            XCTAssertTrue(events.allSatisfy { $0["pid"] as? Int == Int(target.pid) })
+            for t in 0..<4 {
+                XCTAssertEqual(events.filter { $0.int("t") == Int64(t) }.map { $0.int("i")! }, Array(0..<2000))
+            }
+            XCTAssertEqual(r.summary?["lost"] as? Int, 0)
         }
-        XCTAssertEqual(r.summary?["lost"] as? Int, 0)
     }
 
     func testSigintAndSigtermDetachAndLeaveTheProcessRunning() throws {
-        let target = try Harness.WaitingTarget("forever", [])
-        defer { target.kill() }
-        target.release()
-        for signo in [SIGINT, SIGTERM, SIGHUP] {
-            let utap = try Harness.Background(["trace", "-p", String(target.pid), "tick"])
-            usleep(200_000)
-            let r = utap.stop(signo)
-            XCTAssertEqual(r.status, 0, "signal \(signo)")
-            let ticks = r.stdout.split(separator: "\n").filter { $0.contains("tick") }.count
-            XCTAssertTrue(r.stderr.contains("utap: \(ticks) events, 0 lost"), r.stderr)
-            XCTAssertGreaterThan(ticks, 10)
-            XCTAssertEqual(kill(target.pid, 0), 0, "the traced process survives utap")
+        try Harness.eachBackend { backend in
+            let target = try Harness.WaitingTarget("forever", [])
+            defer { target.kill() }
+            target.release()
+            for signo in [SIGINT, SIGTERM, SIGHUP] {
+                let utap = try Harness.Background(["trace", "-p", String(target.pid), "tick"])
+                usleep(200_000)
+                let r = utap.stop(signo)
+                XCTAssertEqual(r.status, 0, "signal \(signo)")
+                let ticks = r.stdout.split(separator: "\n").filter { $0.contains("tick") }.count
+                XCTAssertTrue(r.stderr.contains("utap: \(ticks) events, 0 lost"), r.stderr)
+                XCTAssertGreaterThan(ticks, 10)
+                XCTAssertEqual(kill(target.pid, 0), 0, "the traced process survives utap")
+            }
         }
     }
 
     func testMaxEventsAndDuration() throws {
-        let r = try trace(["add2"], "args_pie", ["100"], options: ["--format", "json", "--max-events", "7"])
-        XCTAssertEqual(r.events.count, 7)
-        XCTAssertEqual(r.summary?["events"] as? Int, 7)
-        XCTAssertTrue(r.stdout.contains("sum=14850 strs=309"), "the command runs to its end untraced")
+        try Harness.eachBackend { backend in
+            let r = try trace(["add2"], "args_pie", ["100"], options: ["--format", "json", "--max-events", "7"])
+            XCTAssertEqual(r.events.count, 7)
+            XCTAssertEqual(r.summary?["events"] as? Int, 7)
+            XCTAssertTrue(r.stdout.contains("sum=14850 strs=309"), "the command runs to its end untraced")
 
-        let target = try Harness.WaitingTarget("forever", [])
-        defer { target.kill() }
-        let start = Date()
-        let timed = try Harness.utap(["trace", "--duration", "0.5", "-p", String(target.pid), "tick"])
-        XCTAssertEqual(timed.status, 0)
-        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.5)
+            let target = try Harness.WaitingTarget("forever", [])
+            defer { target.kill() }
+            let start = Date()
+            let timed = try Harness.utap(["trace", "--duration", "0.5", "-p", String(target.pid), "tick"])
+            XCTAssertEqual(timed.status, 0)
+            XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.5)
+        }
     }
 
     func testOutputFileAndPipeIntoHead() throws {
-        let path = NSTemporaryDirectory() + "utap-out-\(getpid()).json"
-        defer { unlink(path) }
-        let r = try Harness.utap(["trace", "--format", "json", "-o", path, "add2", "--", Harness.target("args_pie"), "20"])
-        XCTAssertEqual(r.status, 0)
-        let written = try String(contentsOfFile: path, encoding: .utf8)
-        XCTAssertEqual(written.split(separator: "\n").filter { $0.contains("\"event\"") }.count, 20)
-        XCTAssertEqual(r.stdout, "sum=570 strs=309\n", "events go to the file, the command's output to stdout")
+        try Harness.eachBackend { backend in
+            let path = NSTemporaryDirectory() + "utap-out-\(getpid()).json"
+            defer { unlink(path) }
+            let r = try Harness.utap(["trace", "--format", "json", "-o", path, "add2", "--", Harness.target("args_pie"), "20"])
+            XCTAssertEqual(r.status, 0)
+            let written = try String(contentsOfFile: path, encoding: .utf8)
+            XCTAssertEqual(written.split(separator: "\n").filter { $0.contains("\"event\"") }.count, 20)
+            XCTAssertEqual(r.stdout, "sum=570 strs=309\n", "events go to the file, the command's output to stdout")
 
-        // A reader that goes away ends the trace quietly, with status 0.
-        let target = try Harness.WaitingTarget("forever", [])
-        defer { target.kill() }
-        target.release()
-        let head = try Harness.run("/bin/bash", ["-c", "set -o pipefail; '\(Harness.utap)' trace --format json -p \(target.pid) tick | head -1"])
-        XCTAssertEqual(head.status, 0, head.stderr)
-        XCTAssertEqual(head.stdout.split(separator: "\n").count, 1)
-        XCTAssertTrue(head.stdout.contains(#""probe":"tick""#))
-        XCTAssertEqual(kill(target.pid, 0), 0)
+            // A reader that goes away ends the trace quietly, with status 0.
+            let target = try Harness.WaitingTarget("forever", [])
+            defer { target.kill() }
+            target.release()
+            let head = try Harness.run("/bin/bash", ["-c", "set -o pipefail; '\(Harness.utap)' trace --format json -p \(target.pid) tick | head -1"])
+            XCTAssertEqual(head.status, 0, head.stderr)
+            XCTAssertEqual(head.stdout.split(separator: "\n").count, 1)
+            XCTAssertTrue(head.stdout.contains(#""probe":"tick""#))
+            XCTAssertEqual(kill(target.pid, 0), 0)
+        }
     }
 
     /// A reader that cannot keep up loses events, and says exactly how many: what arrived
@@ -275,51 +301,59 @@ final class TraceTests: XCTestCase {
     }
 
     func testStacksOfARunningProcessUseItsMappings() throws {
-        let target = try Harness.WaitingTarget("forever", [])
-        defer { target.kill() }
-        target.release()
-        let r = try Harness.utap(["trace", "--format", "json", "--stack", "--max-events", "3", "-p", String(target.pid), "tick"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        let stacks = r.events("tick").map { $0["stack"] as? [String] ?? [] }
-        XCTAssertEqual(stacks.count, 3)
-        for stack in stacks {
-            XCTAssertTrue(stack.first?.hasSuffix(" tick+0x0 (\(Harness.target("forever")))") == true, "\(stack)")
+        try Harness.eachBackend { backend in
+            let target = try Harness.WaitingTarget("forever", [])
+            defer { target.kill() }
+            target.release()
+            let r = try Harness.utap(["trace", "--format", "json", "--stack", "--max-events", "3", "-p", String(target.pid), "tick"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let stacks = r.events("tick").map { $0["stack"] as? [String] ?? [] }
+            XCTAssertEqual(stacks.count, 3)
+            for stack in stacks {
+                XCTAssertTrue(stack.first?.hasSuffix(" tick+0x0 (\(Harness.target("forever")))") == true, "\(stack)")
+            }
         }
     }
 
     /// Output to a full filesystem: one clear error, the count of what was not written,
     /// probes detached, the command left to finish, exit status 1.
     func testFullFilesystemFailsCleanly() throws {
-        let dir = NSTemporaryDirectory() + "utap-full-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        XCTAssertEqual(try Harness.run("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir]).status, 0)
-        defer { _ = try? Harness.run("/bin/umount", [dir]) }
-        let r = try Harness.utap(["trace", "--format", "json", "-o", dir + "/out.json", "add2 a=arg0 b=arg1",
-                                  "--", Harness.target("args_pie"), "20000"])
-        XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stdout, "sum=599970000 strs=309\n", "the command ran to its end")
-        let lines = r.stderr.split(separator: "\n")
-        XCTAssertEqual(lines.count, 2, r.stderr)
-        XCTAssertTrue(lines.last?.hasPrefix("utap: error: write output: No space left on device: ") == true, r.stderr)
-        XCTAssertTrue(lines.last?.hasSuffix(" bytes of events could not be written; probes detached") == true, r.stderr)
+        try Harness.eachBackend { backend in
+            let dir = NSTemporaryDirectory() + "utap-full-\(getpid())"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            XCTAssertEqual(try Harness.run("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir]).status, 0)
+            defer { _ = try? Harness.run("/bin/umount", [dir]) }
+            let r = try Harness.utap(["trace", "--format", "json", "-o", dir + "/out.json", "add2 a=arg0 b=arg1",
+                                      "--", Harness.target("args_pie"), "20000"])
+            XCTAssertEqual(r.status, 1)
+            XCTAssertEqual(r.stdout, "sum=599970000 strs=309\n", "the command ran to its end")
+            let lines = r.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.count, 2, r.stderr)
+            XCTAssertTrue(lines.last?.hasPrefix("utap: error: write output: No space left on device: ") == true, r.stderr)
+            XCTAssertTrue(lines.last?.hasSuffix(" bytes of events could not be written; probes detached") == true, r.stderr)
+        }
     }
 
     func testIFuncResolvesToTheImplementationInUse() throws {
-        let r = try trace(["libc:strlen s=arg0:str"], "args_pie")
-        let seen = r.events("libc:strlen").compactMap { $0.field("s") as? String }
-        // take_str calls strlen on each non-NULL argument; libc may call it too.
-        XCTAssertTrue(seen.contains("hello"), "\(seen)")
-        XCTAssertTrue(seen.contains(""), "\(seen)")
+        try Harness.eachBackend { backend in
+            let r = try trace(["libc:strlen s=arg0:str"], "args_pie")
+            let seen = r.events("libc:strlen").compactMap { $0.field("s") as? String }
+            // take_str calls strlen on each non-NULL argument; libc may call it too.
+            XCTAssertTrue(seen.contains("hello"), "\(seen)")
+            XCTAssertTrue(seen.contains(""), "\(seen)")
+        }
     }
 
     func testTextOutputIsAligned() throws {
-        let r = try trace(["add2 a=arg0", "take_s64%return ret"], "args_pie", ["2"], options: [])
-        let lines = r.trace.split(separator: "\n").filter { $0.contains("args_pie") }
-        XCTAssertEqual(lines.count, 3)
-        XCTAssertTrue(r.trace.hasPrefix("TIME(s)"))
-        let probeColumn = lines.map { $0.range(of: "add2")?.lowerBound ?? $0.range(of: "take_s64")!.lowerBound }
-        let offsets = zip(lines, probeColumn).map { $0.0.distance(from: $0.0.startIndex, to: $0.1) }
-        XCTAssertEqual(Set(offsets).count, 1, "probe column aligned: \(lines)")
+        try Harness.eachBackend { backend in
+            let r = try trace(["add2 a=arg0", "take_s64%return ret"], "args_pie", ["2"], options: [])
+            let lines = r.trace.split(separator: "\n").filter { $0.contains("args_pie") }
+            XCTAssertEqual(lines.count, 3)
+            XCTAssertTrue(r.trace.hasPrefix("TIME(s)"))
+            let probeColumn = lines.map { $0.range(of: "add2")?.lowerBound ?? $0.range(of: "take_s64")!.lowerBound }
+            let offsets = zip(lines, probeColumn).map { $0.0.distance(from: $0.0.startIndex, to: $0.1) }
+            XCTAssertEqual(Set(offsets).count, 1, "probe column aligned: \(lines)")
+        }
     }
 }
