@@ -3,7 +3,8 @@
 # first, e.g. `bench: release`; without a utap binary the utap rows are "n/a".
 #
 #   sudo make bench                   full run, updates BENCHMARKS.md
-#   sudo make bench BENCH_CALLS=200000 BENCH_ROUNDS=1    quick look
+#   sudo make bench BENCH_CALLS=200000 BENCH_ROUNDS=1 \
+#        BENCH_PTRACE_CALLS=20000 BENCH_SLOW_CALLS=2000  quick look
 # (run.sh documents the other BENCH_* knobs.)
 
 BENCH_SRC   := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -16,11 +17,11 @@ BPFTOOL     ?= bpftool
 # function with -fno-omit-frame-pointer; GCC 12 does not (run.sh checks).
 BENCH_LOOP_CFLAGS := -O2 -fcf-protection=full -fno-omit-frame-pointer -Wall -Wextra -pthread
 
-.PHONY: bench bench-build bench-bpftrace
+.PHONY: bench bench-build bench-bpftrace bench-ptrace-tools
 
 # BENCH_* knobs given on the make command line reach run.sh through the
 # environment (make exports command-line variables).
-bench: bench-bpftrace bench-build
+bench: bench-bpftrace bench-ptrace-tools bench-build
 	UTAP='$(UTAP)' LOOP='$(BENCH_OUT)/loop' FLOOR='$(BENCH_OUT)/floor' \
 		BENCH_LOGS='$(BENCH_OUT)/logs' bash $(BENCH_SRC)/run.sh
 
@@ -32,6 +33,14 @@ bench-bpftrace:
 		echo "bench: installing bpftrace"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y bpftrace || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bpftrace; }; }
+
+# Debian's ltrace and gdb, the ptrace tracers utap's ptrace backend is compared with.
+bench-ptrace-tools:
+	@missing=; for t in ltrace gdb; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -z "$$missing" ] || { \
+		echo "bench: installing$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; }
 
 $(BENCH_OUT)/loop: $(BENCH_SRC)/loop.c
 	@mkdir -p $(@D)

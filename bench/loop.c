@@ -1,7 +1,14 @@
 // Benchmark target: calls bench_target() N times from THREADS threads and
 // reports the wall time of the calling loop only (not start-up, not attach).
 //
-//   loop N THREADS        prints "elapsed_ns=<ns> calls=<N>"
+//   loop N THREADS [MODE]  prints "elapsed_ns=<ns> calls=<N>"
+//
+// MODE picks the function the loop calls (default "target"):
+//   target  bench_target(i, thread): endbr64; push %rbp; mov %rsp,%rbp (clang)
+//   step    bench_step(i, thread): endbr64; lea (%rdi,%rdi,2),%rax (written in
+//           assembly), so a probe after endbr64 sits on an instruction a ptrace
+//           tracer must single-step, not emulate
+//   libc    labs(i - N/2) from libc, through the PLT (for ltrace -e labs)
 //
 // If LOOP_GO names a file, the loop prints "ready" and waits until that file
 // exists before starting the clock, so a tracer (system-wide or by pid) can
@@ -11,6 +18,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +40,36 @@ NOT_INLINED long bench_target(long a, long b)
 	return a * 3 + b;
 }
 
+// Same result as bench_target, but the instruction after endbr64 is a lea:
+// no ptrace tracer emulates it, so a probe there is single-stepped out of
+// line. Assembly, so no compiler or flag can change those bytes (run.sh checks
+// them anyway).
+long bench_step(long a, long b);
+__asm__(
+	"	.text\n"
+	"	.globl	bench_step\n"
+	"	.type	bench_step, @function\n"
+	"	.p2align 4\n"
+	"bench_step:\n"
+	"	endbr64\n"
+	"	lea	(%rdi,%rdi,2), %rax\n"
+	"	add	%rsi, %rax\n"
+	"	ret\n"
+	"	.size	bench_step, .-bench_step\n");
+
+// labs must stay a real call into libc (through labs@plt) for ltrace -e
+// labs: compilers otherwise expand it inline. clang: no_builtin on the caller;
+// GCC: a declaration under another name (clang sees through that one).
+#if defined(__clang__)
+#define LIBC_CALLS __attribute__((no_builtin("labs")))
+#define libc_labs labs
+#else
+#define LIBC_CALLS
+extern long libc_labs(long) __asm__("labs");
+#endif
+
+enum mode { MODE_TARGET, MODE_STEP, MODE_LIBC };
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -41,10 +79,11 @@ static long long now_ns(void)
 }
 
 static long per_thread;
+static enum mode mode;
 static pthread_barrier_t start_line;
 static long long t_start[64], t_end[64];
 
-static void *worker(void *arg)
+LIBC_CALLS static void *worker(void *arg)
 {
 	long id = (long)arg, acc = 0;
 
@@ -53,8 +92,16 @@ static void *worker(void *arg)
 	// the barrier, so a clock read there could start after the work is done.
 	t_start[id] = now_ns();
 	// Arguments change every call so no call can be merged or hoisted.
-	for (long i = 0; i < per_thread; i++)
-		acc += bench_target(i, id);
+	if (mode == MODE_STEP) {
+		for (long i = 0; i < per_thread; i++)
+			acc += bench_step(i, id);
+	} else if (mode == MODE_LIBC) {
+		for (long i = 0; i < per_thread; i++)
+			acc += libc_labs(i - per_thread / 2);
+	} else {
+		for (long i = 0; i < per_thread; i++)
+			acc += bench_target(i, id);
+	}
 	t_end[id] = now_ns();
 	sink += acc;
 	return NULL;
@@ -62,8 +109,19 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s N THREADS\n", argv[0]);
+	if (argc < 3 || argc > 4) {
+		fprintf(stderr, "usage: %s N THREADS [target|step|libc]\n", argv[0]);
+		return 2;
+	}
+	const char *m = argc == 4 ? argv[3] : "target";
+	if (!strcmp(m, "target"))
+		mode = MODE_TARGET;
+	else if (!strcmp(m, "step"))
+		mode = MODE_STEP;
+	else if (!strcmp(m, "libc"))
+		mode = MODE_LIBC;
+	else {
+		fprintf(stderr, "loop: MODE must be target, step or libc\n");
 		return 2;
 	}
 	long n = atol(argv[1]), threads = atol(argv[2]);
