@@ -1,0 +1,134 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// The ptrace backend against the bpf one and on its own: the same events, the fallback
+/// when BPF is refused, and a traced program left exactly as it was.
+final class PtraceTests: XCTestCase {
+    override func setUp() async throws {
+        try Harness.requirePrivileges()
+    }
+
+    /// `utap trace --format json` of a command under one backend; the events as
+    /// comparable lines (time, latency, pid and tid aside), sorted: a multiset.
+    private func events(_ backend: String, _ probes: [String], _ target: String, _ args: [String],
+                        extra: [String] = []) throws -> (events: [String], stdout: String, status: Int32) {
+        let path = NSTemporaryDirectory() + "utap-diff-\(getpid()).out"
+        defer { unlink(path) }
+        var r = try Harness.run(Harness.utap, ["trace", "--backend", backend, "--format", "json", "-o", path] + extra
+                                + probes + ["--", target] + args)
+        XCTAssertEqual(r.status, 0, "\(backend): \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains("with \(backend). Ctrl-C to stop."), r.stderr)
+        r.output = try String(contentsOfFile: path, encoding: .utf8)
+        let lines = r.events.map { event -> String in
+            var kept = event
+            for key in ["ts_ns", "latency_ns", "pid", "tid"] { kept[key] = nil }
+            kept["has_latency"] = event["latency_ns"] != nil
+            let data = try! JSONSerialization.data(withJSONObject: kept, options: [.sortedKeys])
+            return String(decoding: data, as: UTF8.self)
+        }
+        return (lines.sorted(), r.stdout, r.status)
+    }
+
+    /// Issue 3 item 4: the same targets and probes give the same multiset of events under
+    /// both backends: every build of the args target (emulated and out-of-line sites,
+    /// strings, every integer width, returns by hijack), a library, four threads,
+    /// recursion, C++ returns on `ret` sites.
+    func testBothBackendsProduceTheSameEvents() throws {
+        let argsProbes = ["add2 a=arg0 b=arg1", "add2%return r=ret", "first_call x=arg0:s32", "first_call%return ret:s32",
+                          "take_ints a=arg0:s8 b=arg1:u8 c=arg2:s16 d=arg3:u16 e=arg4:s32 f=arg5:u32",
+                          "take_s64 a=arg0 b=arg1:u64", "take_s64%return ret", "take_str s=arg0:str[8]",
+                          "take_str%return ret:s32", "is_even v=arg0:s32", "is_even%return ret:bool"]
+        var cases: [(probes: [String], target: String, args: [String])] = []
+        for build in ["args_pie", "args_nopie", "args_stripped", "args_O0", "args_clang"] {
+            cases.append((argsProbes.map { "\(Harness.target(build)):\($0)" }, build, ["300"]))
+        }
+        cases.append((["libutaptest:lib_add a=arg0:s32 b=arg1:s32", "libutaptest:lib_add%return ret:s32",
+                       "libutaptest:lib_greet s=arg0:str"], "uselib", ["100"]))
+        cases.append((["\(Harness.target("threads")):work a=arg0 b=arg1", "\(Harness.target("threads")):work%return ret"],
+                      "threads", ["2000"]))
+        cases.append((["\(Harness.target("fib")):fib n=arg0:s32", "\(Harness.target("fib")):fib%return ret"], "fib", ["14"]))
+        cases.append((["\(Harness.target("exceptions")):_Z6middlei%return r=ret:s32",
+                       "\(Harness.target("exceptions")):_Z6middlei i=arg0:s32"], "exceptions", ["40"]))
+        for (probes, target, args) in cases {
+            let bpf = try events("bpf", probes, Harness.target(target), args)
+            let ptrace = try events("ptrace", probes, Harness.target(target), args)
+            XCTAssertGreaterThan(bpf.events.count, 0, target)
+            XCTAssertEqual(bpf.events.count, ptrace.events.count, target)
+            XCTAssertEqual(bpf.events, ptrace.events, target)
+            XCTAssertEqual(bpf.stdout, ptrace.stdout, "\(target): the program's output")
+        }
+    }
+
+    /// Issue 3 item 5: with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN dropped, `auto` says
+    /// why in one line and traces through ptrace, exactly.
+    func testAutoFallsBackToPtraceWithoutBPFCapabilities() throws {
+        let path = NSTemporaryDirectory() + "utap-fallback-\(getpid()).out"
+        defer { unlink(path) }
+        let command = [Harness.utap, "trace", "--format", "json", "-o", path, "add2 a=arg0 b=arg1", "add2%return ret",
+                       "--", Harness.target("args_pie"), "100"].map { "'\($0)'" }.joined(separator: " ")
+        var r = try Harness.run("/usr/sbin/capsh", ["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", "exec " + command])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.first, "utap: bpf backend unavailable (utap lacks CAP_BPF and CAP_PERFMON); using ptrace")
+        XCTAssertTrue(lines.count > 1 && lines[1].hasSuffix("with ptrace. Ctrl-C to stop."), r.stderr)
+        r.output = try String(contentsOfFile: path, encoding: .utf8)
+        XCTAssertEqual(r.events("add2").map { $0.int("a")! }, Array(0..<100))
+        XCTAssertEqual(r.events("add2").map { $0.int("b")! }, (0..<100).map { 2 * $0 })
+        XCTAssertEqual(r.events("add2%return").map { $0.int("ret")! }, (0..<100).map { 3 * $0 })
+        XCTAssertEqual(r.stdout, "sum=14850 strs=309\n")
+    }
+
+    /// -p on a running process, stopped by SIGINT while it is busy: the process runs on,
+    /// untraced, every byte of its text as the file has it (an out-of-line site and an
+    /// emulated one, returns hijacked), and its own output continues unchanged.
+    func testDetachFromABusyProcessLeavesItIntact() throws {
+        let target = try Harness.WaitingTarget("forever", [])
+        defer { target.kill() }
+        let forever = Harness.target("forever")
+        let utap = try Harness.Background(["trace", "--backend", "ptrace", "--format", "json", "-p", String(target.pid),
+                                           "\(forever):tick i=arg0", "\(forever):tick%return", "\(forever):tick+0"])
+        target.release()
+        usleep(300_000)
+        let r = utap.stop(SIGINT)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let ticks = r.events("\(forever):tick").compactMap { $0.int("i") }
+        XCTAssertGreaterThan(ticks.count, 10)
+        XCTAssertEqual(ticks, Array(ticks[0]..<(ticks[0] + Int64(ticks.count))), "every call, in order")
+        XCTAssertEqual(r.events("\(forever):tick%return").count, ticks.count)
+        XCTAssertEqual(r.events("\(forever):tick+0").count, ticks.count)
+        let status = try String(contentsOfFile: "/proc/\(target.pid)/status", encoding: .utf8)
+        XCTAssertTrue(status.contains("TracerPid:\t0\n"), status)
+        XCTAssertEqual(try TextCheck.differences(pid: target.pid, path: forever), [])
+        XCTAssertEqual(Glibc.kill(target.pid, 0), 0, "still running")
+    }
+}
+
+/// Compares a process's r-x mappings of a file with the file's bytes.
+enum TextCheck {
+    /// Offsets (in the file) where memory differs from the file, in every executable
+    /// mapping of `path`.
+    static func differences(pid: Int32, path: String) throws -> [UInt64] {
+        let file = try Data(contentsOf: URL(fileURLWithPath: path))
+        let maps = try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)
+        let mem = open("/proc/\(pid)/mem", O_RDONLY)
+        guard mem >= 0 else { throw NSError(domain: "mem", code: Int(errno)) }
+        defer { close(mem) }
+        let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        var differing: [UInt64] = []
+        for line in maps.split(separator: "\n") {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard parts.count >= 6, parts[1].contains("x"), String(parts[5]) == real else { continue }
+            let range = parts[0].split(separator: "-").compactMap { UInt64($0, radix: 16) }
+            guard range.count == 2, let offset = UInt64(parts[2], radix: 16) else { continue }
+            let length = Int(range[1] - range[0])
+            var bytes = [UInt8](repeating: 0, count: length)
+            let got = pread(mem, &bytes, length, off_t(range[0]))
+            guard got > 0 else { continue }
+            for i in 0..<got where Int(offset) + i < file.count && bytes[i] != file[Int(offset) + i] {
+                differing.append(offset + UInt64(i))
+            }
+        }
+        return differing
+    }
+}
