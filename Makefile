@@ -50,6 +50,7 @@ release:
 
 include tests/targets/targets.mk
 include tests/targets/more.mk
+include tests/targets/ptrace/ptrace.mk
 
 # Unit tests need no privileges; integration tests attach real probes and need root.
 # A hung test (a tracer bug can stop a target forever) fails the run after 20 minutes.

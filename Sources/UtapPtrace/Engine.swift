@@ -81,10 +81,8 @@ public enum RunOutcome: Equatable, Sendable {
 /// rewritten) followed by a jump back to the next instruction, so the thread runs it at
 /// full speed with no second stop; only indirect calls are single-stepped (their pushed
 /// return address needs fixing). A thread can be stopped inside a stub only by a signal
-/// (or a PTRACE_INTERRUPT): before the signal is delivered it is moved to where it belongs,
-/// the probe's address when the instruction has not completed (its next int3 there is then
-/// not counted again: `skip`) or the next instruction, so no signal handler ever sees a
-/// program counter in the page, and a fault is reported at the original address.
+/// (or a PTRACE_INTERRUPT); no signal handler ever sees a program counter in the page
+/// (`signalInStub`), and a fault is reported at the original address.
 ///
 /// **Waiting.** `run` waits with `waitpid(-1, …, __WALL)`: the tracer must have **no other
 /// children** while it runs. When the traced process is the tracer's child, its exit
@@ -113,6 +111,8 @@ public final class PtraceEngine {
     /// Stops reported by a task before the event that announces it.
     private var early: [Int32: Int32] = [:]
     private var detaching = false
+    /// UTAP_PTRACE_DEBUG=1: every ptrace stop on stderr, for troubleshooting.
+    static let debug = getenv("UTAP_PTRACE_DEBUG").map { String(cString: $0) == "1" } ?? false
     /// Deepest return stack kept per thread (the kernel's limit is 64 too).
     static let maxReturnDepth = 64
 
@@ -198,6 +198,11 @@ public final class PtraceEngine {
         defer { thread.space.stoppedThread = nil }
         let signal = (status >> 8) & 0xFF
         let event = (status >> 16) & 0xFF
+        if Self.debug {
+            let rip = (try? Registers.get(tid))?[.rip] ?? 0
+            let line = "utap: ptrace: tid \(tid) signal \(signal) event \(event) rip \(hex(rip))\(thread.step != nil ? " stepping" : "")\n"
+            _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+        }
         switch event {
         case 0:
             try signalStop(thread, signal)
@@ -263,15 +268,24 @@ public final class PtraceEngine {
             try stepStop(thread, step, signal)
             return
         }
+        let mayBeInStub = thread.enteredStub
+        thread.enteredStub = false
+        if signal != SIGTRAP && !mayBeInStub {
+            // The common signal: nothing of ours is involved. (A 10 µs timer's signals
+            // must cost no more than this, or the program starves.)
+            release(thread, signal)
+            return
+        }
         guard var regs = try? Registers.get(thread.tid) else {
             release(thread, signal)
             return
         }
         guard signal == SIGTRAP, let info = try? SignalInfo.get(thread.tid), info.code == SignalInfo.kernel else {
             if let position = thread.space.stubPosition(of: regs[.rip]) {
-                try leaveStub(thread, position, &regs, signal: signal)
+                try signalInStub(thread, position, &regs, signal: signal)
+            } else {
+                release(thread, signal)
             }
-            release(thread, signal)
             return
         }
         let address = regs[.rip] &- 1
@@ -289,21 +303,43 @@ public final class PtraceEngine {
         }
     }
 
-    /// Moves a thread stopped inside a native stub to where it belongs before `signal`
-    /// (0: none) reaches it.
-    private func leaveStub(_ thread: TracedThread, _ position: StubPosition, _ regs: inout Registers,
-                           signal: Int32) throws(UtapError) {
+    /// A signal for a thread inside a native stub. The instruction faulted: the fault is
+    /// reported at the probe's address (the instruction runs there again if the handler
+    /// returns, a second hit, as with the kernel's uprobes). It completed: the thread is
+    /// moved to the next instruction first. It has not run yet: the signal waits, blocked,
+    /// while the instruction is single-stepped (as for a stepped stub), and is delivered
+    /// after it, outside the page.
+    private func signalInStub(_ thread: TracedThread, _ position: StubPosition, _ regs: inout Registers,
+                              signal: Int32) throws(UtapError) {
+        let stub = regs[.rip]
+        if position.atStart, let site = thread.space.sites[position.address], let (_, step) = site.stub,
+           !Self.isFault(thread.tid, signal) {
+            let active = ActiveStep(address: position.address, stub: stub, step: step)
+            thread.step = active
+            try stepStop(thread, active, signal)
+            return
+        }
+        try moveOutOfStub(thread, position, &regs)
+        release(thread, signal)
+    }
+
+    /// Puts a thread whose rip is in a stub where it belongs (see `StubPosition`); a fault's
+    /// address in the stub becomes the matching original address.
+    private func moveOutOfStub(_ thread: TracedThread, _ position: StubPosition, _ regs: inout Registers) throws(UtapError) {
         let stub = regs[.rip]
         regs[.rip] = position.original
         try regs.set(thread.tid)
-        if position.atStart {
-            thread.skip = (position.address, regs[.rsp])
-            if signal != 0, var info = try? SignalInfo.get(thread.tid),
-               info.faultAddress >= stub && info.faultAddress < stub + OutOfLinePage.slotSize {
-                info.faultAddress = info.faultAddress - stub + position.address
-                try info.set(thread.tid)
-            }
+        if position.atStart, var info = try? SignalInfo.get(thread.tid),
+           info.faultAddress >= stub && info.faultAddress < stub + OutOfLinePage.slotSize {
+            info.faultAddress = info.faultAddress - stub + position.address
+            try info.set(thread.tid)
         }
+    }
+
+    /// A fault the CPU raised (not a signal someone sent: those have si_code <= 0).
+    static func isFault(_ tid: Int32, _ signal: Int32) -> Bool {
+        guard [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP].contains(signal), let info = try? SignalInfo.get(tid) else { return false }
+        return info.code > 0
     }
 
     /// PTRACE_EVENT_STOP: a group-stop, a PTRACE_INTERRUPT, or a new task's first stop.
@@ -322,20 +358,30 @@ public final class PtraceEngine {
             PT.resume(PT.SINGLESTEP, thread.tid)
             return
         }
+        if detaching && Self.hasPendingTrap(thread) {
+            // It ran an int3 and the interrupt was reported before the SIGTRAP: detached
+            // now, that SIGTRAP would kill it. Let the trap be reported and handled.
+            PT.resume(PT.CONT, thread.tid)
+            return
+        }
         release(thread)
+    }
+
+    /// A SIGTRAP is pending for the thread itself (SigPnd in /proc; an int3's trap is
+    /// thread-directed) and not blocked, so resuming it reports the trap at once.
+    static func hasPendingTrap(_ thread: TracedThread) -> Bool {
+        guard let text = TracedProcess.readText("/proc/\(thread.pid)/task/\(thread.tid)/status") else { return false }
+        var pending: UInt64 = 0, blocked: UInt64 = 0
+        for line in text.split(separator: "\n") {
+            let value = UInt64(line.split(separator: "\t").last ?? "", radix: 16) ?? 0
+            if line.hasPrefix("SigPnd:") { pending = value }
+            if line.hasPrefix("SigBlk:") { blocked = value }
+        }
+        return pending & ~blocked & PT.bit(SIGTRAP) != 0
     }
 
     /// A probe's int3: the events, then the displaced instruction.
     private func hit(_ thread: TracedThread, _ site: Site, at address: UInt64, _ regs: Registers) throws(UtapError) {
-        if let skip = thread.skip {
-            thread.skip = nil
-            if skip.address == address && skip.sp == regs[.rsp] {
-                // Back from a signal taken before the stub's instruction completed: this
-                // hit was counted already.
-                try dispose(thread, at: address, regs)
-                return
-            }
-        }
         hitCount += 1
         let now = monotonicNs()
         var hijacked: [Int] = []
@@ -429,6 +475,7 @@ public final class PtraceEngine {
         regs[.rip] = stub
         try regs.set(thread.tid)
         if Site.runsNatively(step) {
+            thread.enteredStub = true
             release(thread)
             return
         }
@@ -653,8 +700,14 @@ public final class PtraceEngine {
             _ = try? handle(tid, status)
         }
         for thread in threads.values where thread.parked != nil {
-            if var regs = try? Registers.get(thread.tid), let position = thread.space.stubPosition(of: regs[.rip]) {
-                try? leaveStub(thread, position, &regs, signal: thread.parked ?? 0)
+            guard var regs = try? Registers.get(thread.tid) else { continue }
+            if let position = thread.space.stubPosition(of: regs[.rip]) {
+                try? moveOutOfStub(thread, position, &regs)
+            } else if thread.space.isTrampoline(regs[.rip]) {
+                // Returned into the trampoline, its int3 not yet run: do the return now.
+                let signal = thread.parked
+                try? returned(thread, &regs)
+                thread.parked = signal
             }
         }
         for space in processes {
@@ -787,8 +840,8 @@ final class TracedThread {
     var marks: [EntryMark] = []
     /// Set while the thread single-steps a stub.
     var step: ActiveStep?
-    /// The next int3 at this address with this stack pointer is a re-run, not a new hit.
-    var skip: (address: UInt64, sp: UInt64)?
+    /// Resumed into a native stub and not stopped since: its rip may be in the page.
+    var enteredStub = false
     /// Events are reported (false for fork children utap does not follow).
     var emitsEvents = true
     /// A fork child to clean and let go at its first stop.

@@ -95,6 +95,7 @@ struct SessionOptions: ParsableArguments {
             throw .usage("--filter: ret and latency exist only on return probes, and '\(entry.name)' is an entry probe",
                          hint: "filter entry probes on arguments, pid, tid or comm")
         }
+        StopConditions.installHandlers()
         if backend == .bpf && !Capabilities.current().canUseBPF {
             throw .runtime("cannot use the bpf backend: utap lacks CAP_BPF and CAP_PERFMON",
                            hint: "run utap as root, e.g. 'sudo utap trace ...', or use --backend ptrace")

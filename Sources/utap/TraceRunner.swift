@@ -17,7 +17,7 @@ enum StopReason: Error, Equatable {
 }
 
 /// The stop conditions every subcommand shares: a signal, the command's exit, the traced
-/// process's exit, the deadline. Installs the signal handlers when made.
+/// process's exit, the deadline (signal handlers: `installHandlers`, before attaching).
 struct StopConditions {
     let session: TraceSession
     let command: LaunchedCommand?
@@ -29,6 +29,12 @@ struct StopConditions {
         command = live.command
         tracedPid = live.tracedPid
         deadline = duration.map { monotonicNow() + UInt64($0 * 1e9) }
+    }
+
+    /// Installed before anything is attached: a Ctrl-C during the attach must still end
+    /// in a clean detach (utap killed by it would leave breakpoints in a ptrace target),
+    /// so the request is kept and honoured as soon as the session runs.
+    static func installHandlers() {
         stopFlag[0] = 0
         stopFlag[1] = 0
         utap_install_stop_handlers(stopFlag, stopFlag + 1)

@@ -1,0 +1,205 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// The ptrace backend on the programs of tests/targets/ptrace (ptrace-xol.md §4): exact
+/// hit counts, and the program's output and exit status identical to an untraced run.
+final class PtraceCorpusTests: XCTestCase {
+    override func setUp() async throws {
+        try Harness.requirePrivileges()
+    }
+
+    private static func program(_ name: String) -> String { Harness.target("ptrace/" + name) }
+
+    /// `utap count --format json --backend ptrace` of `program args`; the counts by probe
+    /// name. Asserts the program printed what it prints untraced and exited the same.
+    @discardableResult
+    private func count(_ probes: [String], _ name: String, _ args: [String], options: [String] = [],
+                       file: StaticString = #filePath, line: UInt = #line) throws -> [String: Int] {
+        let program = Self.program(name)
+        let plain = try Harness.run(program, args)
+        let path = NSTemporaryDirectory() + "utap-corpus-\(getpid()).out"
+        defer { unlink(path) }
+        let traced = try Harness.run(Harness.utap, ["count", "--backend", "ptrace", "--format", "json", "-o", path] + options
+                                     + probes.map { "\(program):\($0)" } + ["--", program] + args, timeout: 300)
+        XCTAssertEqual(traced.status, plain.status, "exit status: \(traced.stderr)", file: file, line: line)
+        XCTAssertEqual(traced.stdout, plain.stdout, "the program's output", file: file, line: line)
+        let records = (try String(contentsOfFile: path, encoding: .utf8)).split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        var counts: [String: Int] = [:]
+        for record in records where record["type"] as? String == "count" {
+            let probe = (record["probe"] as? String ?? "").replacingOccurrences(of: program + ":", with: "")
+            counts[probe, default: 0] += record["count"] as? Int ?? 0
+        }
+        return counts
+    }
+
+    /// One function per instruction class, probed on its first instruction: emulated
+    /// (nops, push, mov %rsp,%rbp, sub, jmp, jcc, call, ret), run out of line (rip-relative
+    /// loads, stores, lea, SSE, AVX, rep movsb, pushf, jmp *reg) or single-stepped (call
+    /// *reg), faults under handlers (reported at the original address, si_addr too). The
+    /// program checks every result itself; syscall and lock are refused.
+    func testInstructionZoo() throws {
+        let classes = ["nop", "nop5", "push_rbx", "push_r12", "mov_rbp", "sub_imm8", "sub_imm32", "jmp8", "jmp32",
+                       "call", "ret", "rip_load", "rip_store", "rip_store_imm", "rip_lea", "sse_load", "rep_movsb",
+                       "pushf", "call_reg", "jmp_reg", "idiv", "null_load"]
+        var expected = Dictionary(uniqueKeysWithValues: classes.map { ("zoo_" + $0, 25) })
+        expected["zoo_jz"] = 50
+        let avx = (try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)).contains(" avx ")
+        expected["zoo_avx_load"] = avx ? 25 : 0
+        let counts = try count(expected.keys.sorted(), "zoo", ["25"])
+        XCTAssertEqual(counts, expected)
+
+        for (refused, reason) in [("zoo_syscall", "system instruction 0f 05"), ("zoo_lock", "lock prefix")] {
+            let r = try Harness.utap(["trace", "--backend", "ptrace", "\(Self.program("zoo")):\(refused)", "--",
+                                      Self.program("zoo")])
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.hasPrefix("utap: error: probe '\(Self.program("zoo")):\(refused)': the ptrace backend cannot probe this instruction (\(reason))"),
+                          r.stderr)
+            XCTAssertEqual(r.stdout, "", "the program never ran")
+        }
+    }
+
+    /// 8 threads × 1e6 hits, exactly; 1000 short-lived threads, each seen.
+    func testThreadsExactly() throws {
+        XCTAssertEqual(try count(["probe_me"], "loop", ["1000000", "--threads", "8"]), ["probe_me": 8_000_000])
+        XCTAssertEqual(try count(["probe_me"], "loop", ["--cycles", "1000"]), ["probe_me": 1000])
+    }
+
+    /// sigqueue values arrive in order with SI_QUEUE; a 10 µs itimer storm lands inside
+    /// breakpoint handling without a lost or extra hit; a handler that calls the probed
+    /// function.
+    func testSignalsAroundProbes() throws {
+        XCTAssertEqual(try count(["probe_me"], "signals", ["sigqueue", "1000"]), ["probe_me": 1000])
+        XCTAssertEqual(try count(["probe_me"], "signals", ["itimer", "10000", "10", "1000"]), ["probe_me": 10000])
+        XCTAssertEqual(try count(["probe_me"], "signals", ["handler", "100"]), ["probe_me": 100])
+    }
+
+    /// fork, vfork, posix_spawn, re-exec and exec from a non-leader thread: children are
+    /// cleaned and let go, or followed; an exec'd image gets its probes again.
+    func testForkVforkSpawnAndExec() throws {
+        let cases: [(String, Int, Int)] = [("fork", 3, 6), ("vfork", 0, 1), ("spawn", 0, 2), ("reexec", 6, 6),
+                                           ("thread-exec", 6, 6)]
+        for (mode, alone, followed) in cases {
+            XCTAssertEqual(try count(["probe_me"], "forkexec", [mode])["probe_me"], alone, mode)
+            XCTAssertEqual(try count(["probe_me"], "forkexec", [mode], options: ["--follow-forks"])["probe_me"], followed,
+                           "\(mode) --follow-forks")
+        }
+    }
+
+    /// A library's constructor and function across dlopen → dlclose → dlopen.
+    func testDlopenDlcloseDlopen() throws {
+        let program = Self.program("dlhost")
+        let library = Self.program("libdlprobe.so")
+        let path = NSTemporaryDirectory() + "utap-dl-\(getpid()).out"
+        defer { unlink(path) }
+        var r = try Harness.utap(["trace", "--backend", "ptrace", "--format", "json", "-o", path, "\(library):lib_probe x=arg0:s32",
+                                  "\(library):lib_probe%return ret:s32", "--", program])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, try Harness.run(program, []).stdout)
+        r.output = try String(contentsOfFile: path, encoding: .utf8)
+        XCTAssertEqual(r.events("\(library):lib_probe").map { $0.int("x")! }, [0, 1, 2, 3, 0, 1, 2, 3])
+        XCTAssertEqual(r.events("\(library):lib_probe%return").map { $0.int("ret")! }, [100, 101, 102, 103, 100, 101, 102, 103])
+    }
+
+    /// fib(20) entries and returns; a tail call (two returns through one slot); longjmp
+    /// out of depth 5 (no returns, nothing stale left); a return from a blocking read.
+    func testAwkwardReturns() throws {
+        let probes = ["fib", "fib%return", "tail_a", "tail_a%return", "tail_b", "tail_b%return", "deep", "deep%return",
+                      "blocking_read", "blocking_read%return"]
+        let counts = try count(probes, "returns", [])
+        XCTAssertEqual(counts, ["fib": 21891, "fib%return": 21891, "tail_a": 10, "tail_a%return": 10, "tail_b": 10,
+                                "tail_b%return": 10, "deep": 50, "deep%return": 0, "blocking_read": 1,
+                                "blocking_read%return": 1])
+        // Values: fib's returns are Fibonacci numbers; both functions of the tail call
+        // report tail_b's result.
+        let program = Self.program("returns")
+        let path = NSTemporaryDirectory() + "utap-ret-\(getpid()).out"
+        defer { unlink(path) }
+        var r = try Harness.utap(["trace", "--backend", "ptrace", "--format", "json", "-o", path, "\(program):fib n=arg0:s32",
+                                  "\(program):fib%return ret", "\(program):tail_a%return ret", "\(program):tail_b%return ret",
+                                  "--", program, "fib", "10"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r.output = try String(contentsOfFile: path, encoding: .utf8)
+        func fib(_ n: Int64) -> Int64 { n < 2 ? n : fib(n - 1) + fib(n - 2) }
+        let entries = r.events("\(program):fib").map { $0.int("n")! }
+        XCTAssertEqual(entries.count, 177)
+        XCTAssertEqual(r.events("\(program):fib%return").map { $0.int("ret")! }.sorted(), entries.map(fib).sorted())
+        r = try Harness.utap(["trace", "--backend", "ptrace", "--format", "json", "-o", path, "\(program):tail_a%return ret",
+                              "\(program):tail_b%return ret", "--", program, "tail", "4"])
+        r.output = try String(contentsOfFile: path, encoding: .utf8)
+        XCTAssertEqual(r.events("\(program):tail_a%return").map { $0.int("ret")! },
+                       r.events("\(program):tail_b%return").map { $0.int("ret")! })
+        XCTAssertEqual(r.events.map { $0["probe"] as! String }, Array(repeating: ["\(program):tail_b%return", "\(program):tail_a%return"], count: 4).flatMap { $0 },
+                       "the inner function returns first")
+    }
+
+    /// utap stops (--duration) while the thread is blocked in read() inside a
+    /// return-probed function: the hijacked return address is put back, and the program
+    /// finishes as it would untraced.
+    func testDetachWhileBlockedInAProbedRead() throws {
+        let program = Self.program("returns")
+        let path = NSTemporaryDirectory() + "utap-block-\(getpid()).out"
+        defer { unlink(path) }
+        var r = try Harness.utap(["trace", "--backend", "ptrace", "--format", "json", "-o", path, "--duration", "0.05",
+                                  "\(program):blocking_read", "\(program):blocking_read%return", "--", program, "block"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "blocking_read ret=120\n")
+        r.output = try String(contentsOfFile: path, encoding: .utf8)
+        XCTAssertEqual(r.events("\(program):blocking_read").count, 1)
+        XCTAssertEqual(r.events("\(program):blocking_read%return").count, 0, "it returned after the detach")
+    }
+
+    /// 100 attach/detach cycles on a busy 4-thread process (ended alternately by SIGINT,
+    /// SIGTERM and --max-events): every cycle sees events, each detach leaves no tracer, and
+    /// at the end the text is byte-identical to the file and the program still runs.
+    func testAttachDetachUnderLoad() throws {
+        let program = Self.program("loop")
+        let target = try Harness.WaitingTarget(executable: program, arguments: ["2000000000", "--threads", "4", "--wait"])
+        defer { target.kill() }
+        target.release()
+        for cycle in 0..<100 {
+            var r: Harness.Result
+            if cycle % 3 == 2 {
+                r = try Harness.utap(["trace", "--backend", "ptrace", "--max-events", "50", "-p", String(target.pid),
+                                      "\(program):probe_me i=arg0", "\(program):probe_me%return"], timeout: 30)
+            } else {
+                let utap = try Harness.Background(["trace", "--backend", "ptrace", "-p", String(target.pid),
+                                                   "\(program):probe_me i=arg0", "\(program):probe_me%return"])
+                usleep(20_000)
+                r = utap.stop(cycle % 3 == 0 ? SIGINT : SIGTERM)
+            }
+            XCTAssertEqual(r.status, 0, "cycle \(cycle): \(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("probe_me"), "cycle \(cycle) saw events")
+            guard let status = try? String(contentsOfFile: "/proc/\(target.pid)/status", encoding: .utf8) else {
+                target.process.waitUntilExit()
+                return XCTFail("cycle \(cycle): the target died (\(target.process.terminationReason == .uncaughtSignal ? "signal" : "exit") \(target.process.terminationStatus)); utap: \(r.stderr)")
+            }
+            XCTAssertTrue(status.contains("TracerPid:\t0\n"), "cycle \(cycle): \(status)")
+        }
+        XCTAssertEqual(try TextCheck.differences(pid: target.pid, path: program), [])
+        usleep(50_000)
+        let stat = try String(contentsOfFile: "/proc/\(target.pid)/stat", encoding: .utf8)
+        XCTAssertTrue(stat.contains(") R ") || stat.contains(") S "), "still running: \(stat)")
+    }
+
+    /// A process under strace is refused, naming its tracer.
+    func testAlreadyTracedIsRefusedNamingTheTracer() throws {
+        let target = try Harness.WaitingTarget("forever", [])
+        defer { target.kill() }
+        let strace = Process()
+        strace.executableURL = URL(fileURLWithPath: "/usr/bin/strace")
+        strace.arguments = ["-q", "-o", "/dev/null", "-p", String(target.pid)]
+        try strace.run()
+        defer { strace.terminate(); strace.waitUntilExit() }
+        for _ in 0..<500 {
+            if (try? String(contentsOfFile: "/proc/\(target.pid)/status", encoding: .utf8))?.contains("TracerPid:\t\(strace.processIdentifier)\n") == true { break }
+            usleep(2000)
+        }
+        let r = try Harness.utap(["trace", "--backend", "ptrace", "-p", String(target.pid), "tick"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("utap: error: pid \(target.pid): already traced by pid \(strace.processIdentifier) (strace)"),
+                      r.stderr)
+    }
+}
