@@ -115,6 +115,9 @@ enum Harness {
         return [first, "--backend", backend] + arguments.dropFirst()
     }
 
+    /// UTAP_STRESS=1 (`make stress`): the full sizes of the load tests.
+    static let stress = ProcessInfo.processInfo.environment["UTAP_STRESS"] == "1"
+
     /// The backend `utap(_:)` asks for (`--backend`), while `eachBackend` runs.
     nonisolated(unsafe) static var backend: String?
 
