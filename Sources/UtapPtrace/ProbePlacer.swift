@@ -10,6 +10,9 @@ final class ProbePlacer {
     private let wanted: [FileKey: [UInt64: [SiteRole]]]
     /// The file each key names, as utap opens it.
     private let paths: [FileKey: String]
+    /// USDT semaphores (file offsets) per probe file: utap adds 1 to each while attached,
+    /// as the kernel does for a uprobe with a reference counter.
+    private let semaphores: [FileKey: Set<UInt64>]
     /// The file's bytes at each site (ptrace-xol.md: verified against memory at install).
     private var codeCache: [String: [UInt8]] = [:]
     /// Warnings for the user (an install that failed after the session started).
@@ -24,11 +27,13 @@ final class ProbePlacer {
         self.probes = probes
         var wanted: [FileKey: [UInt64: [SiteRole]]] = [:]
         var paths: [FileKey: String] = [:]
+        var semaphores: [FileKey: Set<UInt64>] = [:]
         for (index, probe) in probes.enumerated() {
             guard let key = Self.key(of: probe.path) else {
                 throw .runtime("probe '\(probe.name)': cannot open \(probe.path): \(String(cString: strerror(errno)))")
             }
             paths[key] = probe.path
+            if let semaphore = probe.semaphoreOffset { semaphores[key, default: []].insert(semaphore) }
             var sites = wanted[key, default: [:]]
             switch (probe.kind, probe.returnSites.isEmpty) {
             case (.entry, _):
@@ -43,6 +48,7 @@ final class ProbePlacer {
         }
         self.wanted = wanted
         self.paths = paths
+        self.semaphores = semaphores
     }
 
     /// Refuses, before anything is attached, a probe whose instruction the engine would
@@ -77,6 +83,7 @@ final class ProbePlacer {
         for address in space.sites.keys where desired[address] == nil {
             space.forgetBreakpoint(at: address)
         }
+        raiseSemaphores(in: space, maps)
         for (address, site) in desired.sorted(by: { $0.key < $1.key }) {
             if let existing = space.sites[address], site.roles.allSatisfy(existing.roles.contains) { continue }
             do {
@@ -85,6 +92,27 @@ final class ProbePlacer {
                 warn("pid \(space.pid): \(site.path)+\(hex(site.offset)): probe not placed: \(error.message)")
             }
         }
+    }
+
+    /// Adds 1 to every USDT semaphore of a mapped probe file not raised yet; forgets those
+    /// whose mapping went away.
+    private func raiseSemaphores(in space: TracedProcess, _ maps: [MapEntry]) {
+        var live = Set<UInt64>()
+        for entry in maps where entry.inode != 0 {
+            guard let key = Self.key(of: entry), let offsets = semaphores[key] else { continue }
+            for offset in offsets where offset >= entry.offset && offset + 2 <= entry.offset + (entry.end - entry.start) {
+                let address = entry.start + offset - entry.offset
+                live.insert(address)
+                guard space.semaphores[address] == nil else { continue }
+                do {
+                    try space.addToSemaphore(at: address, 1)
+                    space.semaphores[address] = 1
+                } catch {
+                    warn("pid \(space.pid): USDT semaphore at \(hex(address)) not raised: \(error.message)")
+                }
+            }
+        }
+        for address in space.semaphores.keys where !live.contains(address) { space.semaphores[address] = nil }
     }
 
     /// ld.so's `_dl_debug_state`, which it calls before and after changing the link map.

@@ -47,6 +47,8 @@ public final class TracedProcess {
     var outOfLinePages: [OutOfLinePage] = []
     /// Natively run stubs: stub address → (probe address, instruction length).
     var stubs: [UInt64: (UInt64, Int)] = [:]
+    /// USDT semaphores utap raised: address → amount, taken back at detach.
+    var semaphores: [UInt64: UInt16] = [:]
     /// A thread the engine holds in a ptrace-stop right now: PTRACE_PEEK/POKE go through
     /// it instead of interrupting one.
     var stoppedThread: Int32?
@@ -102,6 +104,7 @@ public final class TracedProcess {
         sites = parent.sites
         outOfLinePages = parent.outOfLinePages
         stubs = parent.stubs
+        semaphores = parent.semaphores
         isAttached = true
         openMemory()
     }
@@ -233,6 +236,13 @@ public final class TracedProcess {
         }
     }
 
+    /// Adds `amount` (wrapping) to the 16-bit USDT semaphore at `address`.
+    func addToSemaphore(at address: UInt64, _ amount: UInt16) throws(UtapError) {
+        let bytes = try read(address, count: 2)
+        let value = (UInt16(bytes[0]) | UInt16(bytes[1]) << 8) &+ amount
+        try write([UInt8(value & 0xFF), UInt8(value >> 8)], at: address)
+    }
+
     /// The little-endian 64-bit word at `address`.
     func readWord(_ address: UInt64) throws(UtapError) -> UInt64 {
         try read(address, count: 8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
@@ -315,6 +325,7 @@ public final class TracedProcess {
         sites = [:]
         outOfLinePages = []
         stubs = [:]
+        semaphores = [:]
         threads = [pid]
         openMemory()
     }
@@ -323,6 +334,8 @@ public final class TracedProcess {
     /// breakpoint still in place and lets go of memory. The engine detaches the threads.
     func restoreAndRelease() {
         for address in breakpoints.keys.sorted() { try? removeBreakpoint(at: address) }
+        for (address, amount) in semaphores { try? addToSemaphore(at: address, 0 &- amount) }
+        semaphores = [:]
         breakpoints = [:]
         sites = [:]
         markGone()
