@@ -3,6 +3,7 @@ import CLibbpf
 import Glibc
 import UtapBPF
 import UtapCore
+import UtapPtrace
 
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -36,7 +37,7 @@ struct Doctor: ParsableCommand {
             Check(ok: libbpf_probe_bpf_helper(BPF_PROG_TYPE_KPROBE, BPF_FUNC_get_attach_cookie, nil) == 1, what: "attach cookies (bpf_get_attach_cookie)"),
             Check(ok: access("/sys/kernel/btf/vmlinux", R_OK) == 0, what: "kernel BTF (/sys/kernel/btf/vmlinux)"),
         ]
-        bpfChecks.append(roundTrip())
+        bpfChecks.append(roundTrip(BPFBackend()))
         let path = AttachPath.preferred
         for check in bpfChecks {
             print("  \(check.ok ? "ok  " : "FAIL")  \(check.what)")
@@ -44,44 +45,58 @@ struct Doctor: ParsableCommand {
         print("  --    attach path: \(path == .multiLink ? "uprobe multi-links (Linux 6.6+)" : "one perf event per probe")")
 
         let scope = (try? readTextFile("/proc/sys/kernel/yama/ptrace_scope"))?.trimmingTrailingWhitespace() ?? "absent"
-        let ptraceOK = caps.has(Capabilities.sysPtrace) && scope != "3"
-        print("  \(ptraceOK ? "ok  " : "FAIL")  ptrace: CAP_SYS_PTRACE \(caps.has(Capabilities.sysPtrace) ? "held" : "missing"), yama ptrace_scope=\(scope)")
-        print("  --    ptrace backend: not in this build yet")
+        let ptraceChecks = [
+            Check(ok: caps.has(Capabilities.sysPtrace) && scope != "3",
+                  what: "ptrace: CAP_SYS_PTRACE \(caps.has(Capabilities.sysPtrace) ? "held" : "missing (own processes only)"), yama ptrace_scope=\(scope)"),
+            roundTrip(PtraceBackend()),
+        ]
+        for check in ptraceChecks {
+            print("  \(check.ok ? "ok  " : "FAIL")  \(check.what)")
+        }
 
         if let failed = bpfChecks.first(where: { !$0.ok }) {
-            print("backend auto picks: none (bpf unusable: \(failed.what))")
+            if ptraceChecks.allSatisfy(\.ok) {
+                print("backend auto picks: ptrace for -p PID and -- COMMAND (bpf unusable: \(failed.what)); tracing every process needs bpf")
+                return
+            }
+            print("backend auto picks: none (bpf unusable: \(failed.what); ptrace unusable: \(ptraceChecks.first { !$0.ok }!.what))")
             throw ExitCode(1)
         }
         print("backend auto picks: bpf (every bpf check passed)")
     }
 
-    /// Loads utap's own object, starts /bin/true held before exec, probes libc's exit in it
-    /// and reads the event back: the whole path a trace uses. (utap's BPF programs ignore
-    /// utap's own process, so it cannot probe itself.)
-    private func roundTrip() -> Check {
+    /// Starts /bin/true held before exec, probes libc's exit in it with `backend` and reads
+    /// the event back: the whole path a trace uses. (utap's BPF programs ignore utap's own
+    /// process, so it cannot probe itself.)
+    private func roundTrip(_ backend: TracingBackend) -> Check {
+        let what = "\(backend.name) round trip"
         do {
             let command = try LaunchedCommand(["true"])
             var resolver = ProbeResolver(pid: nil, executable: command.executable)
             let probes = try resolver.resolve(try ProbeParser.parse("libc:exit code=arg0:s32"))
             let session: TraceSession
             do {
-                session = try BPFBackend().attach(TracePlan(probes: probes, scope: .process(command.pid), bufferBytes: 1 << 20))
+                var plan = TracePlan(probes: probes, scope: .process(command.pid), bufferBytes: 1 << 20)
+                plan.startsAtExec = true
+                session = try backend.attach(plan)
             } catch {
                 command.abandon()
                 throw error
             }
-            defer { session.detach() }
             command.release()
-            _ = command.waitForExit()
             var seen = 0
-            for _ in 0..<10 where seen == 0 {
+            for _ in 0..<100 where seen == 0 {
                 seen += try session.poll(timeoutMs: 10) { _ in }
             }
-            return Check(ok: seen == 1, what: "uprobe round trip: probed libc:exit in \(command.executable), \(seen) of 1 call seen")
+            session.detach()
+            // The ptrace backend reaps the command itself.
+            if let status = session.tracedExitStatus { command.recordExit(waitStatus: status) }
+            _ = command.waitForExit()
+            return Check(ok: seen == 1, what: "\(what): probed libc:exit in \(command.executable), \(seen) of 1 call seen")
         } catch let error as UtapError {
-            return Check(ok: false, what: "uprobe round trip: \(error.message)")
+            return Check(ok: false, what: "\(what): \(error.message)")
         } catch {
-            return Check(ok: false, what: "uprobe round trip: \(error)")
+            return Check(ok: false, what: "\(what): \(error)")
         }
     }
 }

@@ -10,9 +10,20 @@ final class DoctorListTests: XCTestCase {
     func testDoctorRunsARealRoundTripAndPicksBPF() throws {
         let r = try Harness.utap(["doctor"])
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.contains("ok    uprobe round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("ok    bpf round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("ok    ptrace round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
         XCTAssertFalse(r.stdout.contains("FAIL"), r.stdout)
         XCTAssertTrue(r.stdout.hasSuffix("backend auto picks: bpf (every bpf check passed)\n"), r.stdout)
+    }
+
+    /// Without the BPF capabilities the bpf checks fail, ptrace's pass, and auto picks ptrace.
+    func testDoctorPicksPtraceWithoutBPFCapabilities() throws {
+        let r = try Harness.run("/usr/sbin/capsh", ["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c",
+                                                    "exec '\(Harness.utap)' doctor"])
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("FAIL  capabilities: have CAP_SYS_PTRACE; missing CAP_BPF CAP_PERFMON CAP_SYS_ADMIN"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("ok    ptrace round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("backend auto picks: ptrace for -p PID and -- COMMAND (bpf unusable: capabilities"), r.stdout)
     }
 
     func testListMatchesTheSymbolTable() throws {
