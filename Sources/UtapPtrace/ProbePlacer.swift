@@ -67,8 +67,10 @@ final class ProbePlacer {
     }
 
     /// Adds the sites of every probe file `space` maps that are not in place yet, and
-    /// forgets (without writing) those whose mapping went away.
-    func place(in space: TracedProcess, engine: PtraceEngine) {
+    /// forgets (without writing) those whose mapping went away. `strict` (the first
+    /// placement, before utap says it is tracing): a site that cannot be placed is an
+    /// error; later (exec, dlopen) it is a warning and the rest go on.
+    func place(in space: TracedProcess, engine: PtraceEngine, strict: Bool = false) throws(UtapError) {
         guard let maps = try? ProcMaps.read(pid: space.pid) else { return }
         var desired: [UInt64: (path: String, offset: UInt64, roles: [SiteRole])] = [:]
         for entry in maps where entry.isExecutable && entry.inode != 0 {
@@ -89,7 +91,10 @@ final class ProbePlacer {
             do {
                 try engine.addSite(in: space, at: address, code: try code(site.path, site.offset), roles: site.roles)
             } catch {
-                warn("pid \(space.pid): \(site.path)+\(hex(site.offset)): probe not placed: \(error.message)")
+                let names = site.roles.compactMap(\.probeIndex).map { "'\(probes[$0].name)'" }
+                let what = names.isEmpty ? "\(site.path)+\(hex(site.offset))" : "probe \(names.joined(separator: ", "))"
+                if strict { throw UtapError(error.code, "\(what): \(error.message)", hint: error.hint) }
+                warn("\(what) not placed in pid \(space.pid): \(error.message)")
             }
         }
     }

@@ -158,13 +158,13 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
             live.onHit = { [unowned self] hit in self.record(hit, events, live) }
             live.onMappingsChanged = { [placer] space in
                 events.forget(pid: space.pid)
-                placer.place(in: space, engine: live)
+                try? placer.place(in: space, engine: live)
             }
             placer.warn = { message in
                 let line = "utap: warning: \(message)\n"
                 _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
             }
-            if !plan.startsAtExec { placer.place(in: process, engine: live) }
+            if !plan.startsAtExec { try placer.place(in: process, engine: live, strict: true) }
             shared.withLock { $0.attached = .success(()) }
             let outcome = try live.run(until: { [unowned self] in shared.withLock { $0.stopRequested } })
             if outcome == .stopped { live.detach() }

@@ -22,7 +22,9 @@ struct Trace: ParsableCommand {
 
         An entry probe on a function that starts with endbr64 goes just
         after it (same state, much cheaper); SYMBOL+0 probes the first byte.
-        Without -p or COMMAND, every process that maps the file is traced.
+        Without -p or COMMAND, every process that maps the file is traced (bpf).
+        --backend ptrace (or auto, when BPF is refused) uses int3 breakpoints
+        and ptrace instead: one process, same output, more cost per hit.
         With COMMAND, utap exits with its status; Ctrl-C or SIGTERM ends the
         trace and is passed on to the command.
 
@@ -34,6 +36,7 @@ struct Trace: ParsableCommand {
           utap trace --filter 'arg2 > 4096 && comm == "nginx"' 'libc:write len=arg2'
           utap trace --stack -p 4242 'libc:abort'
           utap trace -p 4242 'usdt:/usr/bin/python3.11:python:gc__start gen=arg0'
+          utap trace --backend ptrace -p 4242 'libc:malloc size=arg0:u64'
         """)
 
     @OptionGroup var options: SessionOptions

@@ -188,6 +188,69 @@ final class PtraceCorpusTests: XCTestCase {
         XCTAssertTrue(stat.contains(") R ") || stat.contains(") S "), "still running: \(stat)")
     }
 
+    /// SIGSTOP/SIGCONT storms at a 4-thread program under probes: exact counts, output
+    /// unchanged, and the stops still stop it (group-stops are kept, not resumed).
+    func testStopContStorms() throws {
+        let program = Self.program("loop")
+        let path = NSTemporaryDirectory() + "utap-storm-\(getpid()).out"
+        defer { unlink(path) }
+        let utap = Process()
+        utap.executableURL = URL(fileURLWithPath: Harness.utap)
+        utap.arguments = ["count", "--backend", "ptrace", "--format", "json", "-o", path, "\(program):probe_me",
+                          "--", program, "20000", "--threads", "4"]
+        let out = Pipe()
+        utap.standardOutput = out
+        utap.standardError = FileHandle.nullDevice
+        try utap.run()
+        var child: Int32 = 0
+        for _ in 0..<2000 where child == 0 {
+            let children = (try? String(contentsOfFile: "/proc/\(utap.processIdentifier)/task/\(utap.processIdentifier)/children",
+                                        encoding: .utf8)) ?? ""
+            child = Int32(children.split(separator: " ").first ?? "") ?? 0
+            usleep(1000)
+        }
+        XCTAssertNotEqual(child, 0, "the command started")
+        var stoppedSeen = 0
+        for _ in 0..<100 where utap.isRunning {
+            Glibc.kill(child, SIGSTOP)
+            usleep(2000)
+            let stat = (try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8)) ?? ""
+            if stat.contains(") T ") || stat.contains(") t ") { stoppedSeen += 1 }
+            Glibc.kill(child, SIGCONT)
+            usleep(1000)
+        }
+        utap.waitUntilExit()
+        XCTAssertEqual(utap.terminationStatus, 0)
+        XCTAssertGreaterThan(stoppedSeen, 0, "SIGSTOP stopped it")
+        XCTAssertEqual(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+                       "threads=4 calls=80000 sum=799960000\n")
+        let records = try String(contentsOfFile: path, encoding: .utf8)
+        XCTAssertTrue(records.contains(#""count":80000"#), records)
+    }
+
+    /// utap SIGKILLed while probes are in place leaves int3s behind (nothing can remove
+    /// them); the next utap finds the stale 0xCC and refuses, naming it, instead of
+    /// treating it as the program's byte.
+    func testStaleBreakpointAfterSIGKILLIsDetected() throws {
+        let forever = Harness.target("forever")
+        let target = try Harness.WaitingTarget("forever", [])
+        defer { target.kill() }
+        target.release()
+        // main never runs again: its stale int3 is harmless, and visible.
+        let first = try Harness.Background(["trace", "--backend", "ptrace", "-p", String(target.pid), "\(forever):main"])
+        _ = first.stop(SIGKILL)
+        let r = try Harness.utap(["trace", "--backend", "ptrace", "-p", String(target.pid), "\(forever):main", "\(forever):tick"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("utap: error: probe '\(forever):main': pid \(target.pid): 0x"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("memory already holds int3 (0xcc)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("utap: hint: another debugger's breakpoint, or a stale one left by a killed tracer"), r.stderr)
+        let status = try String(contentsOfFile: "/proc/\(target.pid)/status", encoding: .utf8)
+        XCTAssertTrue(status.contains("TracerPid:\t0\n"), "nothing left attached")
+        usleep(20_000)
+        XCTAssertEqual(Glibc.kill(target.pid, 0), 0, "still running")
+        XCTAssertEqual(try TextCheck.differences(pid: target.pid, path: forever).count, 1, "only the stale int3 at main")
+    }
+
     /// A process under strace is refused, naming its tracer.
     func testAlreadyTracedIsRefusedNamingTheTracer() throws {
         let target = try Harness.WaitingTarget("forever", [])
