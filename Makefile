@@ -8,7 +8,7 @@ UTAP_BIN := .build/$(CONFIG)/utap
 TARGETS_OUT ?= .build/targets
 
 DEB_PACKAGES := libbpf-dev libelf-dev libzydis-dev clang-14 llvm-14 bpftool libcap2-bin \
-                systemtap-sdt-dev util-linux binutils
+                systemtap-sdt-dev util-linux binutils strace
 
 .PHONY: all deps bpf bpf-check build release test stress unit-test demo bench clean
 all: build
