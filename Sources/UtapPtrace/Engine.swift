@@ -171,7 +171,7 @@ public final class PtraceEngine {
         while true {
             if until() { return .stopped }
             var status: Int32 = 0
-            let tid = waitpid(-1, &status, PT.WALL)
+            let tid = wait(&status)
             if tid < 0 {
                 if errno == EINTR { continue }
                 if errno == ECHILD {
@@ -183,6 +183,23 @@ public final class PtraceEngine {
             if let outcome = try handle(tid, status) { return outcome }
         }
     }
+
+    /// waitpid(-1), first polled for `spinNs`: a stop that comes within it is taken without
+    /// waking the tracer's sleeping CPU, which costs tens of µs on a busy VM host (measured
+    /// here: 66 µs per hit without, 26 µs with 50 µs of polling; the target's own wake-up
+    /// remains). UTAP_PTRACE_SPIN_US overrides (0: never poll).
+    private func wait(_ status: inout Int32) -> Int32 {
+        if Self.spinNs > 0 {
+            let deadline = monotonicNs() + Self.spinNs
+            repeat {
+                let tid = waitpid(-1, &status, PT.WALL | WNOHANG)
+                if tid != 0 { return tid }
+            } while monotonicNs() < deadline
+        }
+        return waitpid(-1, &status, PT.WALL)
+    }
+
+    static let spinNs = UInt64(getenv("UTAP_PTRACE_SPIN_US").flatMap { UInt64(String(cString: $0)) } ?? 50) * 1000
 
     /// One wait status. Returns the outcome when it ends the root process.
     private func handle(_ tid: Int32, _ status: Int32) throws(UtapError) -> RunOutcome? {

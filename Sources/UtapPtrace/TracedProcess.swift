@@ -3,10 +3,11 @@ import Glibc
 import UtapCore
 
 /// A running process under `PTRACE_SEIZE`, every thread of it, with int3 breakpoints written
-/// into its text (docs: /work/shared/notes/ptrace-xol.md §0).
+/// into its text (ptrace-xol.md §0): one address space, as the engine sees it.
 ///
-/// First building block of the ptrace backend: seize, write and remove breakpoints, read
-/// memory, detach. The event loop is `HitLoop` (HitLoop.swift); without one, a thread that
+/// Seize, write and remove breakpoints, read and write memory, detach. The event loop is
+/// `PtraceEngine` (Engine.swift), which also keeps its per-process state here (sites,
+/// out-of-line pages, semaphores) and detaches by itself. Used alone, a thread that
 /// executes a breakpoint stays in a SIGTRAP signal-delivery-stop until `detach()`, which
 /// moves its rip back onto the breakpoint's address (restored) and resumes it with no signal,
 /// and a thread that clones, forks or execs stays in that ptrace-stop until the next call that
@@ -302,15 +303,8 @@ public final class TracedProcess {
         isAttached = false
     }
 
-    // MARK: for HitLoop (same module)
+    // MARK: for the engine (same module)
 
-    /// A thread auto-attached through TRACECLONE, seen by the event loop.
-    func adoptThread(_ tid: Int32) { threads.insert(tid) }
-    /// A thread the event loop saw exit.
-    func dropThread(_ tid: Int32) { threads.remove(tid) }
-    /// A fork/vfork child the event loop saw.
-    func adoptForkedChild(_ pid: Int32) { forkedChildren.insert(pid) }
-    func dropForkedChild(_ pid: Int32) { forkedChildren.remove(pid) }
     /// Forgets the breakpoint at `address` without writing: its mapping is gone.
     func forgetBreakpoint(at address: UInt64) {
         breakpoints[address] = nil

@@ -8,14 +8,14 @@ import XCTest
 /// An extension of TracedProcessTests to share its target helpers.
 extension TracedProcessTests {
     /// args_pie (CET): add2 starts with endbr64, emulated as a 4-byte skip.
-    func testHitLoopCountsArgumentsAtEndbr64() throws {
+    func testEngineCountsArgumentsAtEndbr64() throws {
         try requirePrivileges()
         try runArgsPie(offset: 0, expecting: .skip(length: 4))
     }
 
     /// args_O0: add2 starts with `push %rbp; mov %rsp,%rbp`: two probes on consecutive
     /// instructions, the first writing the stack.
-    func testHitLoopEmulatesPushAndFramePointerMove() throws {
+    func testEngineEmulatesPushAndFramePointerMove() throws {
         try requirePrivileges()
         guard access(Self.targets + "/args_O0", X_OK) == 0 else { return XCTFail("no args_O0: run make targets") }
         let target = try Target.start("args_O0", ["200", "--wait"])
@@ -44,7 +44,7 @@ extension TracedProcessTests {
     }
 
     /// threads: 4 threads call `work` 2000 times each.
-    func testHitLoopCountsHitsPerThread() throws {
+    func testEngineCountsHitsPerThread() throws {
         try requirePrivileges()
         let target = try Target.start("threads", ["2000", "--wait"])
         defer { target.kill() }
@@ -77,7 +77,7 @@ extension TracedProcessTests {
     }
 
     /// Signals the target sends itself while probes are hit are delivered exactly once each.
-    func testHitLoopKeepsTheTargetsSignals() throws {
+    func testEngineKeepsTheTargetsSignals() throws {
         try requirePrivileges()
         guard access("/usr/bin/cc", X_OK) == 0 else { return XCTFail("no cc") }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("utap-hitloop-\(getpid())").path
