@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <sys/ptrace.h>
+#include <sys/prctl.h>
+#include <linux/capability.h>
 #include <linux/bpf.h>
 
 pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[], int gate_fd,
@@ -117,4 +119,25 @@ long utap_ptrace(int request, pid_t pid, void *addr, void *data)
 {
     errno = 0;
     return ptrace((enum __ptrace_request)request, pid, addr, data);
+}
+
+int utap_keep_only_capabilities(unsigned long long keep)
+{
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -errno;
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capget, &header, data) != 0)
+        return -errno;
+    for (int i = 0; i < 2; i++) {
+        unsigned int mask = (unsigned int)(keep >> (32 * i));
+        data[i].effective &= mask;
+        data[i].permitted &= mask;
+        data[i].inheritable = 0;
+    }
+    if (syscall(SYS_capset, &header, data) != 0)
+        return -errno;
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    return 0;
 }

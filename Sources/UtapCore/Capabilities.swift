@@ -1,11 +1,30 @@
+import CUtapSys
 import Glibc
 
 /// The effective capabilities of this process, read from /proc/self/status.
 public struct Capabilities: Sendable {
-    public static let sysAdmin = 21
+    public static let dacReadSearch = 2
+    public static let kill = 5
     public static let sysPtrace = 19
+    public static let sysAdmin = 21
     public static let perfmon = 38
     public static let bpf = 39
+    public static let checkpointRestore = 40
+
+    /// What a tracing session still needs once its probes are attached: reading other
+    /// processes' memory and maps (late strings, symbols, the ptrace tracer's own
+    /// /proc/PID/mem after an exec), reading their files, map_files links of deleted files,
+    /// and passing a signal on to the command. Everything else (CAP_BPF, CAP_PERFMON,
+    /// CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, CAP_SETUID, ...) goes.
+    public static let keptAfterAttach = [dacReadSearch, kill, sysPtrace, checkpointRestore]
+
+    /// Sets no_new_privs and keeps only `capabilities` in the calling thread (capabilities
+    /// are per thread: every thread that runs on calls this itself).
+    public static func keepOnly(_ capabilities: [Int]) throws(UtapError) {
+        let mask = capabilities.reduce(UInt64(0)) { $0 | 1 << UInt64($1) }
+        let rc = utap_keep_only_capabilities(mask)
+        if rc < 0 { throw .runtime("cannot drop capabilities: \(String(cString: strerror(-rc)))") }
+    }
 
     public let effective: UInt64
 

@@ -165,6 +165,8 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
                 _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
             }
             if !plan.startsAtExec { try placer.place(in: process, engine: live, strict: true) }
+            // Capabilities are per thread: this one keeps only what tracing on needs.
+            try Capabilities.keepOnly(Capabilities.keptAfterAttach)
             shared.withLock { $0.attached = .success(()) }
             let outcome = try live.run(until: { [unowned self] in shared.withLock { $0.stopRequested } })
             if outcome == .stopped { live.detach() }

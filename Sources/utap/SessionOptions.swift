@@ -122,6 +122,8 @@ struct SessionOptions: ParsableArguments {
                                  filter: program, followForks: followForks, bufferBytes: bufferBytes)
             plan.startsAtExec = launched != nil
             let (session, backendName) = try attach(plan)
+            // Least privilege from here on (the ptrace tracer thread drops its own).
+            try Capabilities.keepOnly(Capabilities.keptAfterAttach)
             let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
             let n = resolved.count
             warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backendName). Ctrl-C to stop.", prefix: false)

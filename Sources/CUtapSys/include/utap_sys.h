@@ -22,6 +22,13 @@ void utap_install_stop_handlers(volatile int *flag, volatile int *signo);
 void utap_install_wake_handler(int signo);
 
 /*
+ * Sets no_new_privs and keeps, in the calling thread only (capabilities are per thread),
+ * the capabilities in `keep` (bit N: capability N) of those it has: effective and
+ * permitted; inheritable and ambient cleared. Returns 0 or -errno.
+ */
+int utap_keep_only_capabilities(unsigned long long keep);
+
+/*
  * BPF_LINK_CREATE for a uprobe multi-link (Linux 6.6+, newer than this libbpf): attaches
  * `prog_fd` at `cnt` file offsets of `path`, offset i with attach cookie i and USDT
  * semaphore ref_ctr_offsets[i] (0: none; the array may be NULL); return probes

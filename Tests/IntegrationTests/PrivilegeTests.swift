@@ -1,0 +1,39 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Least privilege: once its probes are attached, every thread of utap keeps only what
+/// tracing on needs, with no_new_privs set.
+final class PrivilegeTests: XCTestCase {
+    override func setUp() async throws {
+        try Harness.requirePrivileges()
+    }
+
+    /// CAP_DAC_READ_SEARCH, CAP_KILL, CAP_SYS_PTRACE and CAP_CHECKPOINT_RESTORE (bits 2, 5,
+    /// 19 and 40), in every thread, under both backends.
+    func testEveryThreadDropsWhatItNoLongerNeeds() throws {
+        let target = try Harness.WaitingTarget("forever", [])
+        defer { target.kill() }
+        target.release()
+        try Harness.eachBackend { backend in
+            let utap = try Harness.Background(["trace", "-p", String(target.pid), "tick i=arg0"])
+            let pid = utap.process.processIdentifier
+            let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+            XCTAssertEqual(tasks.count, backend == "ptrace" ? 2 : 1, "\(backend): threads \(tasks)")
+            for task in tasks {
+                let status = try String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8)
+                func field(_ name: String) -> String? {
+                    status.split(separator: "\n").first { $0.hasPrefix(name + ":") }
+                        .map { $0.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces) }
+                }
+                XCTAssertEqual(field("CapEff"), "0000010000080024", "\(backend) task \(task)")
+                XCTAssertEqual(field("CapPrm"), "0000010000080024", "\(backend) task \(task)")
+                XCTAssertEqual(field("CapInh"), "0000000000000000", "\(backend) task \(task)")
+                XCTAssertEqual(field("NoNewPrivs"), "1", "\(backend) task \(task)")
+            }
+            let r = utap.stop(SIGINT)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("tick"), "\(backend): still traced with fewer privileges")
+        }
+    }
+}
