@@ -252,15 +252,20 @@ final class BPFSession: TraceSession {
         ring = rb
     }
 
+    /// Records handed over per poll at most: producers faster than the reader must not
+    /// keep one consume pass (and the stop checks after it) from ever ending.
+    static let maxBatch = 16384
+
     private func handle(_ record: UnsafeRawBufferPointer) -> Int32 {
         guard let deliver else { return 0 }
         do {
             try deliver(decoder.decode(record))
             delivered += 1
-            return 0
+            // Negative ends this pass after this record (already consumed and delivered).
+            return delivered < Self.maxBatch ? 0 : -EAGAIN
         } catch {
             deliverError = error
-            return -1 // stops this consume pass; the rest stays in the ring
+            return -1 // ends this consume pass (this record is consumed); the rest stays in the ring
         }
     }
 

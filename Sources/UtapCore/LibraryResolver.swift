@@ -208,10 +208,15 @@ func directoryListing(_ directory: String) -> [String] {
     defer { closedir(handle) }
     var names: [String] = []
     while let entry = readdir(handle) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-        }
+        let name = entryName(entry)
         if name != "." && name != ".." { names.append(name) }
     }
     return names
+}
+
+/// A directory entry's name, read in place: readdir's record can be shorter than
+/// `struct dirent` (d_reclen), so copying the whole d_name array reads past it.
+public func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+    return String(cString: (UnsafeRawPointer(entry) + offset).assumingMemoryBound(to: CChar.self))
 }

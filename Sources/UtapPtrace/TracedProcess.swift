@@ -465,9 +465,7 @@ public final class TracedProcess {
         defer { closedir(dir) }
         var ids: [Int32] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = entryName(entry)
             if let tid = Int32(name) { ids.append(tid) }
         }
         return ids.sorted()

@@ -278,7 +278,7 @@ final class ErrorTests: XCTestCase {
 /// (perf-event path) or per file and direction (uprobe multi-link path), each running one
 /// of utap's programs. (bpftool perf list misses multi-links, and this bpftool cannot show
 /// a multi-link's file, so links are told apart by program and by id.)
-private enum UtapLinks {
+enum UtapLinks {
     static let bpftool: String? = ["/usr/sbin/bpftool", "/usr/bin/bpftool", "/sbin/bpftool", "/usr/local/sbin/bpftool"]
         .first { access($0, X_OK) == 0 }
 

@@ -205,6 +205,11 @@ enum Harness {
         /// Lets the target make its calls and waits for it to exit.
         func go() -> Result {
             release()
+            return finish()
+        }
+
+        /// Waits for a released target to exit.
+        func finish() -> Result {
             process.waitUntilExit()
             let (stdout, stderr) = collector.finish()
             return Result(status: process.terminationStatus, stdout: stdout, stderr: stderr, output: nil)
