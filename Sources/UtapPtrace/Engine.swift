@@ -101,8 +101,9 @@ public final class PtraceEngine {
     public var onMappingsChanged: (TracedProcess) -> Void = { _ in }
     /// Probe hits handled so far (entry sites, returns included).
     public private(set) var hitCount = 0
-    /// Return probes not seen because a thread's return stack was full.
-    public private(set) var droppedReturns = 0
+    /// Called for each return event lost because a thread's return stack was full (the
+    /// probe's index).
+    public var onLost: (Int) -> Void = { _ in }
     /// The root process's wait status, once the engine reaped its leader.
     public private(set) var rootExitStatus: Int32?
 
@@ -418,7 +419,7 @@ public final class PtraceEngine {
                 if thread.marks.count < Self.maxReturnDepth {
                     thread.marks.append(EntryMark(probe: probe, sp: sp, entryNs: now))
                 } else {
-                    droppedReturns += 1
+                    onLost(probe)  // its return is seen, without a latency
                 }
             case .returnSite(let probe):
                 // `ret` runs now: rsp points at the return address, as at entry.
@@ -602,7 +603,7 @@ public final class PtraceEngine {
             thread.returns.removeAll { $0.slot <= slot }  // frames a longjmp left
         }
         guard thread.returns.count < Self.maxReturnDepth else {
-            droppedReturns += probes.count
+            probes.forEach(onLost)
             return
         }
         if !chained { try space.writeWord(trampoline, at: slot) }

@@ -39,6 +39,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
 
     struct Shared {
         var events: [Event] = []
+        var lost: [UInt64] = []
         var aggregates: Aggregates
         var attached: Result<Void, UtapError>?
         var stopRequested = false
@@ -55,7 +56,10 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
         self.plan = plan
         self.pid = pid
         self.placer = placer
-        shared.withLock { $0.aggregates = .empty(probes: plan.probes.count) }
+        shared.withLock {
+            $0.aggregates = .empty(probes: plan.probes.count)
+            $0.lost = [UInt64](repeating: 0, count: plan.probes.count)
+        }
     }
 
     deinit { detach() }
@@ -118,7 +122,8 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
         }
     }
 
-    func lostCounts() -> [UInt64] { [UInt64](repeating: 0, count: plan.probes.count) }
+    /// Returns lost to a full return stack (64 pending calls per thread, as uretprobes).
+    func lostCounts() -> [UInt64] { shared.withLock { $0.lost } }
 
     func aggregates() -> Aggregates { shared.withLock { $0.aggregates } }
 
@@ -156,6 +161,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
             engine = live
             let events = EventMaker(plan: plan)
             live.onHit = { [unowned self] hit in self.record(hit, events, live) }
+            live.onLost = { [unowned self] probe in shared.withLock { $0.lost[probe] += 1 } }
             live.onMappingsChanged = { [placer] space in
                 events.forget(pid: space.pid)
                 try? placer.place(in: space, engine: live)

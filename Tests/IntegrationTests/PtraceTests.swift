@@ -60,6 +60,25 @@ final class PtraceTests: XCTestCase {
         }
     }
 
+    /// Recursion deeper than the 64 pending returns a thread keeps: both backends see the
+    /// innermost 64 returns and count the other 37 as lost.
+    func testReturnsBeyondTheDepthLimitAreCountedLost() throws {
+        let dir = NSTemporaryDirectory() + "utap-deep-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "#include <stdio.h>\n__attribute__((noinline)) long down(long n) { return n == 0 ? 0 : 1 + down(n - 1); }\nint main(void) { printf(\"%ld\\n\", down(100)); return 0; }\n"
+            .write(toFile: dir + "/deep.c", atomically: true, encoding: .utf8)
+        let cc = try Harness.run("/usr/bin/cc", ["-O1", "-fno-optimize-sibling-calls", "-o", dir + "/deep", dir + "/deep.c"])
+        XCTAssertEqual(cc.status, 0, cc.stderr)
+        try Harness.eachBackend { backend in
+            let r = try Harness.utap(["trace", "--format", "json", "\(dir)/deep:down%return ret", "--", dir + "/deep"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.events.count, 64, backend)
+            XCTAssertEqual(r.summary?["lost"] as? Int, 37, backend)
+            XCTAssertTrue(r.stdout.hasPrefix("100\n"), r.stdout)
+        }
+    }
+
     /// Issue 3 item 5: with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN dropped, `auto` says
     /// why in one line and traces through ptrace, exactly.
     func testAutoFallsBackToPtraceWithoutBPFCapabilities() throws {
