@@ -160,9 +160,10 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
             let live = PtraceEngine(process: process, followForks: plan.followForks)
             engine = live
             let events = EventMaker(plan: plan)
-            live.onHit = { [unowned self] hit in self.record(hit, events, live) }
+            // The engine keeps these closures: unowned references, no cycle.
+            live.onHit = { [unowned self] hit in self.record(hit, events) }
             live.onLost = { [unowned self] probe in shared.withLock { $0.lost[probe] += 1 } }
-            live.onMappingsChanged = { [placer] space in
+            live.onMappingsChanged = { [placer, unowned live] space in
                 events.forget(pid: space.pid)
                 try? placer.place(in: space, engine: live)
             }
@@ -187,7 +188,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
     }
 
     /// One probe event: filtered, then counted or queued.
-    private func record(_ hit: Hit, _ maker: EventMaker, _ engine: PtraceEngine) {
+    private func record(_ hit: Hit, _ maker: EventMaker) {
         let probe = plan.probes[hit.probe]
         let comm = maker.comm(pid: hit.pid, tid: hit.tid)
         if !plan.filter.isEmpty {
