@@ -10,7 +10,7 @@ TARGETS_OUT ?= .build/targets
 DEB_PACKAGES := libbpf-dev libelf-dev libzydis-dev clang-14 llvm-14 bpftool libcap2-bin \
                 systemtap-sdt-dev util-linux binutils strace
 
-.PHONY: all deps bpf bpf-check build release test stress unit-test demo bench clean
+.PHONY: all deps bpf bpf-check build release test test-asan stress unit-test demo bench clean
 all: build
 
 # Installs the system packages utap builds and tests with; a no-op when all are present.
@@ -66,6 +66,14 @@ stress: deps build targets
 		UTAP_STRESS=1 UTAP_BIN=$(CURDIR)/$(UTAP_BIN) UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) \
 			$(SWIFT) test --filter Ptrace || exit 1; \
 	done
+
+# The whole suite with utap and the tests built with AddressSanitizer (+ LeakSanitizer
+# for utap; the test runner's own allocations are suppressed by Tests/lsan.supp).
+test-asan: deps bpf-check targets
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan.supp UTAP_BIN=$(CURDIR)/.build-asan/debug/utap \
+		UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) timeout 2400 \
+		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
 
 unit-test: deps
 	$(SWIFT) test --skip IntegrationTests
