@@ -31,6 +31,7 @@ final class PrivilegeTests: XCTestCase {
                 XCTAssertEqual(field("CapInh"), "0000000000000000", "\(backend) task \(task)")
                 XCTAssertEqual(field("NoNewPrivs"), "1", "\(backend) task \(task)")
             }
+            usleep(200_000)  // forever ticks every ms: events under the reduced privileges
             let r = utap.stop(SIGINT)
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertTrue(r.stdout.contains("tick"), "\(backend): still traced with fewer privileges")
