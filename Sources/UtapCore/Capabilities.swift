@@ -71,3 +71,10 @@ extension Substring {
         return s
     }
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of event timestamps and deadlines.
+public func monotonicNow() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

@@ -191,11 +191,11 @@ public final class PtraceEngine {
     /// remains). UTAP_PTRACE_SPIN_US overrides (0: never poll).
     private func wait(_ status: inout Int32) -> Int32 {
         if Self.spinNs > 0 {
-            let deadline = monotonicNs() + Self.spinNs
+            let deadline = monotonicNow() + Self.spinNs
             repeat {
                 let tid = waitpid(-1, &status, PT.WALL | WNOHANG)
                 if tid != 0 { return tid }
-            } while monotonicNs() < deadline
+            } while monotonicNow() < deadline
         }
         return waitpid(-1, &status, PT.WALL)
     }
@@ -388,7 +388,7 @@ public final class PtraceEngine {
     /// A SIGTRAP is pending for the thread itself (SigPnd in /proc; an int3's trap is
     /// thread-directed) and not blocked, so resuming it reports the trap at once.
     static func hasPendingTrap(_ thread: TracedThread) -> Bool {
-        guard let text = TracedProcess.readText("/proc/\(thread.pid)/task/\(thread.tid)/status") else { return false }
+        guard let text = try? readTextFile("/proc/\(thread.pid)/task/\(thread.tid)/status") else { return false }
         var pending: UInt64 = 0, blocked: UInt64 = 0
         for line in text.split(separator: "\n") {
             let value = UInt64(line.split(separator: "\t").last ?? "", radix: 16) ?? 0
@@ -401,7 +401,7 @@ public final class PtraceEngine {
     /// A probe's int3: the events, then the displaced instruction.
     private func hit(_ thread: TracedThread, _ site: Site, at address: UInt64, _ regs: Registers) throws(UtapError) {
         hitCount += 1
-        let now = monotonicNs()
+        let now = monotonicNow()
         var hijacked: [Int] = []
         var loaderEvent = false
         for role in site.roles {
@@ -613,7 +613,7 @@ public final class PtraceEngine {
     /// A thread returned into the trampoline: the return events, then on to the real
     /// return address.
     private func returned(_ thread: TracedThread, _ regs: inout Registers) throws(UtapError) {
-        let now = monotonicNs()
+        let now = monotonicNow()
         let slot = regs[.rsp] &- 8
         thread.returns.removeAll { $0.slot < slot }
         var original: UInt64?
@@ -709,8 +709,8 @@ public final class PtraceEngine {
             if utap_ptrace(PT.INTERRUPT, thread.tid, nil, nil) < 0 { threads[thread.tid] = nil }
         }
         // Settle: every stop now parks its thread instead of resuming it.
-        let deadline = monotonicNs() + 5_000_000_000
-        while threads.values.contains(where: { $0.parked == nil }) && monotonicNs() < deadline {
+        let deadline = monotonicNow() + 5_000_000_000
+        while threads.values.contains(where: { $0.parked == nil }) && monotonicNow() < deadline {
             var status: Int32 = 0
             let tid = waitpid(-1, &status, PT.WALL | WNOHANG)
             if tid == 0 { usleep(200); continue }
@@ -839,11 +839,6 @@ public final class PtraceEngine {
     private func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
 }
 
-func monotonicNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
 
 /// A traced thread and what the engine keeps for it.
 final class TracedThread {

@@ -238,14 +238,7 @@ final class EventMaker {
     /// The thread's name, read once per thread (and again after an exec).
     func comm(pid: Int32, tid: Int32) -> String {
         if let name = comms[tid] { return name }
-        var name = ""
-        let fd = open("/proc/\(pid)/task/\(tid)/comm", O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            var bytes = [UInt8](repeating: 0, count: 32)
-            let got = read(fd, &bytes, bytes.count)
-            close(fd)
-            if got > 0 { name = String(decoding: bytes.prefix(got).prefix { $0 != 0x0A }, as: UTF8.self) }
-        }
+        let name = (try? readTextFile("/proc/\(pid)/task/\(tid)/comm"))?.trimmingTrailingNewline() ?? ""
         comms[tid] = name
         return name
     }
@@ -293,4 +286,9 @@ final class EventMaker {
         }
         return symbolizer?.frames(pid: hit.pid, addresses: addresses, buildIDFrames: []) ?? []
     }
+}
+
+extension String {
+    /// Without the newline /proc files end with.
+    func trimmingTrailingNewline() -> String { hasSuffix("\n") ? String(dropLast()) : self }
 }

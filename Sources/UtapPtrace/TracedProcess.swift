@@ -443,7 +443,7 @@ public final class TracedProcess {
     private func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
 
     private static func alreadyTraced(_ pid: Int32, by tracer: Int32) -> UtapError {
-        let name = readText("/proc/\(tracer)/comm")?.split(separator: "\n").first.map(String.init)
+        let name = (try? readTextFile("/proc/\(tracer)/comm"))?.split(separator: "\n").first.map(String.init)
         return .runtime("pid \(pid): already traced by pid \(tracer)" + (name.map { " (\($0))" } ?? ""),
                         hint: "a process has one tracer at a time; detach the other one (gdb, strace, …) first")
     }
@@ -451,7 +451,7 @@ public final class TracedProcess {
     /// TracerPid from /proc/PID[/task/TID]/status, nil when the process (thread) is gone.
     static func tracerPid(_ pid: Int32, tid: Int32? = nil) -> Int32? {
         let path = tid.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
-        guard let text = readText(path) else { return nil }
+        guard let text = try? readTextFile(path) else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("TracerPid:") {
             return Int32(line.dropFirst("TracerPid:".count).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
         }
@@ -471,19 +471,4 @@ public final class TracedProcess {
         return ids.sorted()
     }
 
-    static func readText(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var data: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let got = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
-            if got < 0 && errno == EINTR { continue }
-            if got < 0 { return nil }
-            if got == 0 { break }
-            data += chunk[0..<got]
-        }
-        return String(decoding: data, as: UTF8.self)
-    }
 }

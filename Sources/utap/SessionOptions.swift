@@ -191,8 +191,3 @@ func warn(_ message: String, prefix: Bool = true) {
     _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
 }
 
-func monotonicNow() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}

@@ -21,15 +21,13 @@ final class PtraceCorpusTests: XCTestCase {
         let plain = try Harness.run(program, args)
         let path = NSTemporaryDirectory() + "utap-corpus-\(getpid()).out"
         defer { unlink(path) }
-        let traced = try Harness.run(Harness.utap, ["count", "--backend", "ptrace", "--format", "json", "-o", path] + options
+        var traced = try Harness.run(Harness.utap, ["count", "--backend", "ptrace", "--format", "json", "-o", path] + options
                                      + probes.map { "\(program):\($0)" } + ["--", program] + args, timeout: timeout)
         XCTAssertEqual(traced.status, plain.status, "exit status: \(traced.stderr)", file: file, line: line)
         XCTAssertEqual(traced.stdout, plain.stdout, "the program's output", file: file, line: line)
-        let records = (try String(contentsOfFile: path, encoding: .utf8)).split(separator: "\n").compactMap {
-            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
-        }
+        traced.output = try String(contentsOfFile: path, encoding: .utf8)
         var counts: [String: Int] = [:]
-        for record in records where record["type"] as? String == "count" {
+        for record in traced.records where record["type"] as? String == "count" {
             let probe = (record["probe"] as? String ?? "").replacingOccurrences(of: program + ":", with: "")
             counts[probe, default: 0] += record["count"] as? Int ?? 0
         }
