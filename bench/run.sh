@@ -353,6 +353,23 @@ for tool in $pt_tools; do
 done
 pt_base() { echo "unprobed:$(pt_calls "$1"):$(pt_mode "$1")"; }
 secs() { awk -v e="$1" 'BEGIN{print e/1e9}'; }
+# Files one round of KEY (r_* from measure/measure_launch) of CALLS calls; sets l to the
+# events lost (empty for an unprobed row or when unknown). Returns 1 when it failed.
+record_round() {
+	local key=$1 calls=$2 probed=$3
+	l=
+	if [[ -z $r_elapsed ]]; then
+		failed=1
+		elapsed[$key]+="fail "
+		return 1
+	fi
+	elapsed[$key]+="$r_elapsed "
+	if ((probed)); then
+		[[ -n $r_delivered ]] && l=$((calls - r_delivered))
+		lost[$key]+="${l:-?} "
+		reported[$key]+="${r_reported:-} "
+	fi
+}
 for ((round = 1; round <= ROUNDS; round++)); do
 	for threads in $THREADS; do
 		[[ -n $th_tools ]] || break
@@ -361,18 +378,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 			t0=$(date +%s.%N)
 			measure "$tool" "$threads" "$round"
 			k="$tool:$threads"
-			if [[ -z $r_elapsed ]]; then
-				failed=1
-				elapsed[$k]+="fail "
-				continue
-			fi
-			elapsed[$k]+="$r_elapsed "
-			l=
-			if [[ $tool != unprobed ]]; then
-				[[ -n $r_delivered ]] && l=$((CALLS - r_delivered))
-				lost[$k]+="${l:-?} "
-				reported[$k]+="${r_reported:-} "
-			fi
+			record_round "$k" "$CALLS" "$([[ $tool != unprobed ]] && echo 1 || echo 0)" || continue
 			printf 'bench: round %d %-8s %d thread(s): %6.2f s loop, %s ns/call, lost %s%s (%.0f s)\n' \
 				"$round" "$tool" "$threads" "$(awk -v e="$r_elapsed" 'BEGIN{print e/1e9}')" \
 				"$(awk -v e="$r_elapsed" -v c="$CALLS" 'BEGIN{printf "%.0f", e/c}')" \
@@ -390,21 +396,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
 			refused[$tool]=$r_refused
 			continue
 		fi
-		if [[ -z $r_elapsed ]]; then
-			failed=1
-			elapsed[$tool]+="fail "
-			continue
-		fi
-		elapsed[$tool]+="$r_elapsed "
-		l=
 		calls=${tool#unprobed:}
 		calls=${calls%%:*}
-		if [[ $tool != unprobed:* ]]; then
-			calls=$(pt_calls "$tool")
-			[[ -n $r_delivered ]] && l=$((calls - r_delivered))
-			lost[$tool]+="${l:-?} "
-			reported[$tool]+="${r_reported:-} "
-		fi
+		[[ $tool != unprobed:* ]] && calls=$(pt_calls "$tool")
+		record_round "$tool" "$calls" "$([[ $tool != unprobed:* ]] && echo 1 || echo 0)" || continue
 		printf 'bench: round %d %-22s %7d calls: %7.2f s loop, %s ns/call, lost %s%s (%.0f s)\n' \
 			"$round" "$tool" "$calls" "$(secs "$r_elapsed")" \
 			"$(awk -v e="$r_elapsed" -v c="$calls" 'BEGIN{printf "%.0f", e/c}')" \
