@@ -164,6 +164,19 @@ stop_tracer() { # pid
 
 # Sets: r_elapsed (ns, empty on failure), r_delivered (events the tool saw, or
 # empty), r_reported (loss the tool reported, or empty).
+# Sets r_delivered and r_reported from utap's summary in LOG: the text line
+# "utap: N events, M lost" on stderr (or the JSON summary record, should it land there).
+read_utap_summary() {
+	local summary
+	summary=$(grep -Eo '[0-9]+ events, [0-9]+ lost|"events":[0-9]+,"lost":[0-9]+' "$1" |
+		tail -n1 | tr -c '0-9\n' ' ' || true)
+	if [[ -n $summary ]]; then
+		read -r r_delivered r_reported <<<"$summary"
+	else
+		note "$2: utap printed no 'N events, M lost' summary on stderr"
+	fi
+}
+
 measure() { # tool threads round
 	local tool=$1 threads=$2 tag="$1.t$2.r$3"
 	local go="$LOGS/$tag.go" lout="$LOGS/$tag.loop" tlog="$LOGS/$tag.tool"
@@ -247,16 +260,7 @@ measure() { # tool threads round
 		r_reported=$(awk '/^Lost [0-9]+ events/ { n += $2 } END { print n + 0 }' "$tlog")
 		;;
 	utap)
-		local summary
-		# Text summary "utap: N events, M lost" on stderr (or the JSON
-		# summary record, should it land there).
-		summary=$(grep -Eo '[0-9]+ events, [0-9]+ lost|"events":[0-9]+,"lost":[0-9]+' "$tlog" |
-			tail -n1 | tr -c '0-9\n' ' ' || true)
-		if [[ -n $summary ]]; then
-			read -r r_delivered r_reported <<<"$summary"
-		else
-			note "$tag: utap printed no 'N events, M lost' summary on stderr"
-		fi
+		read_utap_summary "$tlog" "$tag"
 		;;
 	utapcount | utaplatency)
 		r_delivered=$(grep -Eo '"count":[0-9]+' "$tlog.out" | head -n1 | tr -cd '0-9' || true)
@@ -324,14 +328,7 @@ measure_launch() { # tool round
 	((rc == 0)) || note "$tag: exit status $rc"
 	case $tool in
 	utapptrace*)
-		local summary
-		summary=$(grep -Eo '[0-9]+ events, [0-9]+ lost|"events":[0-9]+,"lost":[0-9]+' "$tlog" |
-			tail -n1 | tr -c '0-9\n' ' ' || true)
-		if [[ -n $summary ]]; then
-			read -r r_delivered r_reported <<<"$summary"
-		else
-			note "$tag: utap printed no 'N events, M lost' summary on stderr"
-		fi
+		read_utap_summary "$tlog" "$tag"
 		;;
 	ltrace) r_delivered=$(grep -c 'bench_target(' "$tlog.ev" || true) ;;
 	ltracelibc) r_delivered=$(grep -c 'labs(' "$tlog.ev" || true) ;;
