@@ -18,32 +18,70 @@ final class RecordDecoder {
         symbolizer = stacks ? Symbolizer(knownFiles: Array(Set(probes.map(\.path))).sorted()) : nil
     }
 
+    /// What `decode(_:into:)` starts from.
+    static let emptyEvent = Event(timestampNs: 0, pid: 0, tid: 0, comm: "", probe: 0, kind: .entry, fields: [])
+
     func decode(_ record: UnsafeRawBufferPointer) -> Event {
+        var event = Self.emptyEvent
+        lastComm = nil
+        decode(record, into: &event)
+        return event
+    }
+
+    /// Overwrites `event` with the record, reusing its fields' storage: the reader decodes
+    /// every record into the same event, so a record allocates nothing.
+    func decode(_ record: UnsafeRawBufferPointer, into event: inout Event) {
         // Field by field at the ABI's offsets: a record is shorter than struct utap_event
         // when the probe has fewer than UTAP_MAX_FIELDS fields.
-        let ts = record.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+        guard record.count >= Int(UTAP_EVENT_HEADER_SIZE) else {
+            // The BPF side never writes one; decode it as an event of no probe.
+            event = Self.emptyEvent
+            event.probe = -1
+            return
+        }
+        event.timestampNs = record.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
         let latency = record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
         let pid = record.loadUnaligned(fromByteOffset: 16, as: Int32.self)
-        let tid = record.loadUnaligned(fromByteOffset: 20, as: Int32.self)
+        event.pid = pid
+        event.tid = record.loadUnaligned(fromByteOffset: 20, as: Int32.self)
         let index = Int(record.loadUnaligned(fromByteOffset: 24, as: UInt32.self))
+        event.probe = index
         let flags = record.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
-        let returned = flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0
+        event.kind = flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry
         // The BPF side only writes indexes the loader configured.
         let types = index + 1 < fieldStart.count ? fieldStart[index]..<fieldStart[index + 1] : 0..<0
-        var fields: [FieldValue] = []
-        fields.reserveCapacity(types.count)
-        for (i, t) in types.enumerated() {
-            let raw = record.loadUnaligned(fromByteOffset: Int(UTAP_EVENT_HEADER_SIZE) + i * 8, as: UInt64.self)
-            fields.append(value(raw, type: fieldTypes[t], record: record, pid: pid))
+        // Overwritten in place (records of one probe follow each other): removeAll and
+        // append went through Array's generic range replacement on every record.
+        var count = 0
+        for t in types {
+            let at = Int(UTAP_EVENT_HEADER_SIZE) + count * 8
+            guard at + 8 <= record.count else { break }
+            let field = value(record.loadUnaligned(fromByteOffset: at, as: UInt64.self),
+                              type: fieldTypes[t], record: record, pid: pid)
+            if count < event.fields.count {
+                event.fields[count] = field
+            } else {
+                event.fields.append(field)
+            }
+            count += 1
         }
-        let commBytes = record[32..<48]
-        let comm = String(decoding: commBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
-        let hasLatency = flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0
-        let hasStack = flags & UInt16(UTAP_EVENT_STACK.rawValue) != 0
-        return Event(timestampNs: ts, pid: pid, tid: tid, comm: comm, probe: index,
-                     kind: returned ? .return : .entry, fields: fields,
-                     latencyNs: hasLatency ? latency : nil,
-                     stack: hasStack ? stack(record, pid: pid) : nil)
+        if event.fields.count > count { event.fields.removeLast(event.fields.count - count) }
+        setComm(record, of: &event)
+        event.latencyNs = flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil
+        event.stack = flags & UInt16(UTAP_EVENT_STACK.rawValue) != 0 ? stack(record, pid: pid) : nil
+    }
+
+    /// The comm bytes `event.comm` was last made from: a thread's name rarely changes
+    /// between its records, and making a String validates UTF-8 each time.
+    /// Unchecked for exclusivity: read and written once per record, never overlapping.
+    @exclusivity(unchecked) private var lastComm: (UInt64, UInt64)?
+
+    private func setComm(_ record: UnsafeRawBufferPointer, of event: inout Event) {
+        let comm = (record.loadUnaligned(fromByteOffset: 32, as: UInt64.self),
+                    record.loadUnaligned(fromByteOffset: 40, as: UInt64.self))
+        if let lastComm, lastComm == comm { return }
+        lastComm = comm
+        event.comm = String(decoding: record[32..<48].prefix(while: { $0 != 0 }), as: UTF8.self)
     }
 
     /// The user stack at the end of a record (layout in utap_abi.h), symbolized.

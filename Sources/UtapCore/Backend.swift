@@ -84,7 +84,10 @@ public protocol TraceSession: AnyObject {
     func lostCounts() -> [UInt64]
     /// What count and latency sessions have aggregated so far (cumulative).
     func aggregates() -> Aggregates
-    /// Removes every probe. Idempotent.
+    /// Stops new events: removes every probe, while what was recorded before stays
+    /// readable through `poll` and `lostCounts` until `detach`. Idempotent.
+    func removeProbes()
+    /// Removes every probe and frees what the session holds. Idempotent.
     func detach()
     /// The traced process is reaped by the backend (ptrace): nobody else may wait for it
     /// while the session is attached.

@@ -51,7 +51,7 @@ extension OutputBuffer {
     /// Appends `prefix` and the byte as two lowercase hex digits (`\x`, `\u00`).
     @inline(__always)
     func appendEscapedByte(_ byte: UInt8, prefix: StaticString) {
-        append(UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
+        append(prefix)
         append(hexDigit(byte >> 4))
         append(hexDigit(byte & 0xF))
     }

@@ -3,51 +3,39 @@ import UtapCore
 /// Writes JSON Lines (`--format json`): one object per event, `lost` record and summary,
 /// keys in the order DESIGN.md fixes, so consumers may rely on it.
 public final class JSONWriter: EventWriter {
-    /// Everything constant about a probe, encoded once so an event costs no encoding of
-    /// names.
-    private final class EncodedProbe {
+    /// The fixed pieces of a probe's text (see `ProbeTexts`).
+    private enum Piece {
         /// `"probe":"NAME","kind":"KIND","fields":{`
-        let prefix: [UInt8]
-        /// `"NAME":` for the first field, `,"NAME":` for the others.
-        let keys: FieldKeys
+        static let prefix = 0
         /// `"NAME"`, for lost records.
-        let quotedName: [UInt8]
+        static let quotedName = 1
+    }
 
-        init(_ probe: ProbeDescriptor) {
-            quotedName = OutputBuffer.encode { $0.appendJSONString(probe.name) }
-            prefix = OutputBuffer.encode {
+    private let probes: [ProbeDescriptor]
+    private let texts: ProbeTexts
+    private let output: OutputBuffer
+
+    public init(probes: [ProbeDescriptor], output: OutputBuffer) {
+        self.probes = probes
+        self.texts = ProbeTexts(probes, fixed: { probe in
+            [OutputBuffer.encode {
                 $0.append(#""probe":"#)
                 $0.appendJSONString(probe.name)
                 $0.append(#","kind":""#)
                 $0.append(probe.kind.rawValue)
                 $0.append(#"","fields":{"#)
+            }, OutputBuffer.encode { $0.appendJSONString(probe.name) }]
+        }, key: { name, index in
+            OutputBuffer.encode {
+                if index > 0 { $0.append(0x2C) }
+                $0.appendJSONString(name)
+                $0.append(0x3A)
             }
-            keys = FieldKeys(probe.fieldNames) { name, index in
-                OutputBuffer.encode {
-                    if index > 0 { $0.append(0x2C) }
-                    $0.appendJSONString(name)
-                    $0.append(0x3A)
-                }
-            }
-        }
-    }
-
-    private let probes: [ProbeDescriptor]
-    private let encoded: [EncodedProbe]
-    private let output: OutputBuffer
-
-    public init(probes: [ProbeDescriptor], output: OutputBuffer) {
-        self.probes = probes
-        self.encoded = probes.map(EncodedProbe.init)
+        })
         self.output = output
     }
 
-    private func encodedProbe(_ index: Int) -> EncodedProbe {
-        encoded.indices.contains(index) ? encoded[index] : EncodedProbe(.unknown(index))
-    }
-
     public func write(_ event: Event) throws {
-        let probe = encodedProbe(event.probe)
         output.append(#"{"type":"event","ts_ns":"#)
         output.appendDecimal(event.timestampNs)
         output.append(#","pid":"#)
@@ -57,10 +45,13 @@ public final class JSONWriter: EventWriter {
         output.append(#","comm":"#)
         output.appendJSONString(event.comm)
         output.append(0x2C)
-        output.append(probe.prefix)
-        for (index, value) in event.fields.enumerated() {
-            probe.keys.append(index, to: output)
-            append(value)
+        texts.appendFixed(Piece.prefix, probe: event.probe, to: output)
+        // Read in place: a subscripted read copies each value (a retain for strings).
+        event.fields.withUnsafeBufferPointer { fields in
+            for index in fields.indices {
+                texts.appendKey(index, probe: event.probe, to: output)
+                append(fields[index])
+            }
         }
         output.append(0x7D)
         if let latency = event.latencyNs {
@@ -97,7 +88,7 @@ public final class JSONWriter: EventWriter {
 
     public func lost(probe index: Int, count: UInt64) throws {
         output.append(#"{"type":"lost","probe":"#)
-        output.append(encodedProbe(index).quotedName)
+        texts.appendFixed(Piece.quotedName, probe: index, to: output)
         output.append(#","count":"#)
         output.appendDecimal(count)
         output.append("}\n")

@@ -179,7 +179,16 @@ public final class OutputBuffer {
         bytes.withUnsafeBufferPointer { append($0) }
     }
 
-    /// Appends the string's UTF-8 as is (no escaping): for literals and trusted text.
+    /// Appends a literal's UTF-8: a pointer and a length, where a String literal went
+    /// through String's UTF-8 view on every event.
+    @inline(__always)
+    public func append(_ literal: StaticString) {
+        append(UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+    }
+
+    /// Appends the string's UTF-8 as is (no escaping), for trusted text. Disfavoured, so
+    /// that literals take the StaticString path.
+    @_disfavoredOverload
     @inline(__always)
     public func append(_ string: String) {
         string.withUTF8Bytes { append($0) }

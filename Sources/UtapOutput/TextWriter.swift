@@ -9,36 +9,23 @@ public final class TextWriter: EventWriter {
     private static let commWidth = 16
     private static let pidTidWidth = 13
 
-    /// Everything constant about a probe, encoded once.
-    private final class EncodedProbe {
+    /// The fixed pieces of a probe's text (see `ProbeTexts`).
+    private enum Piece {
         /// The name padded to the probe column, with the separator: used when fields or
         /// latency follow.
-        let paddedName: [UInt8]
+        static let paddedName = 0
         /// The name alone: lines do not end in spaces.
-        let name: [UInt8]
-        /// `NAME=` for the first field, `  NAME=` for the others.
-        let keys: FieldKeys
-
-        init(_ probe: ProbeDescriptor, width: Int) {
-            name = OutputBuffer.encode { $0.appendTextEscaped(probe.name) }
-            paddedName = name + Array(repeating: 0x20, count: max(width - name.count, 0) + 1)
-            keys = FieldKeys(probe.fieldNames) { name, index in
-                OutputBuffer.encode {
-                    if index > 0 { $0.append("  ") }
-                    $0.appendTextEscaped(name)
-                    $0.append(0x3D)
-                }
-            }
-        }
+        static let name = 1
     }
 
     private let probes: [ProbeDescriptor]
-    private let encoded: [EncodedProbe]
+    private let texts: ProbeTexts
     private let probeWidth: Int
     private let output: OutputBuffer
     private let summaryOutput: OutputBuffer
     private let startNs: UInt64
-    private var wroteHeader = false
+    /// Unchecked for exclusivity: read once per event, never overlapping.
+    @exclusivity(unchecked) private var wroteHeader = false
 
     /// - Parameters:
     ///   - summaryOutput: where `lost` lines and the summary go (stderr); nil puts them in
@@ -52,15 +39,19 @@ public final class TextWriter: EventWriter {
         let width = max(longest + 2, "PROBE".utf8.count)
         self.probes = probes
         self.probeWidth = width
-        self.encoded = probes.map { EncodedProbe($0, width: width) }
+        self.texts = ProbeTexts(probes, fixed: { probe in
+            let name = OutputBuffer.encode { $0.appendTextEscaped(probe.name) }
+            return [name + Array(repeating: 0x20, count: max(width - name.count, 0) + 1), name]
+        }, key: { name, index in
+            OutputBuffer.encode {
+                if index > 0 { $0.append("  ") }
+                $0.appendTextEscaped(name)
+                $0.append(0x3D)
+            }
+        })
         self.output = output
         self.summaryOutput = summaryOutput ?? output
         self.startNs = startNs
-    }
-
-    private func encodedProbe(_ index: Int) -> EncodedProbe {
-        if encoded.indices.contains(index) { return encoded[index] }
-        return EncodedProbe(.unknown(index), width: probeWidth)
     }
 
     private func writeHeader() {
@@ -84,7 +75,6 @@ public final class TextWriter: EventWriter {
             writeHeader()
             wroteHeader = true
         }
-        let probe = encodedProbe(event.probe)
         appendTime(event.timestampNs)
         output.append(0x20)
 
@@ -101,10 +91,13 @@ public final class TextWriter: EventWriter {
         output.append(0x20)
 
         let hasTail = !event.fields.isEmpty || event.latencyNs != nil
-        output.append(hasTail ? probe.paddedName : probe.name)
-        for (index, value) in event.fields.enumerated() {
-            probe.keys.append(index, to: output)
-            append(value)
+        texts.appendFixed(hasTail ? Piece.paddedName : Piece.name, probe: event.probe, to: output)
+        // Read in place: a subscripted read copies each value (a retain for strings).
+        event.fields.withUnsafeBufferPointer { fields in
+            for index in fields.indices {
+                texts.appendKey(index, probe: event.probe, to: output)
+                append(fields[index])
+            }
         }
         if let latency = event.latencyNs {
             output.append(event.fields.isEmpty ? "latency=" : "  latency=")
@@ -155,7 +148,7 @@ public final class TextWriter: EventWriter {
         summaryOutput.append("utap: lost ")
         summaryOutput.appendDecimal(count)
         summaryOutput.append(" events of ")
-        summaryOutput.append(encodedProbe(index).name)
+        texts.appendFixed(Piece.name, probe: index, to: summaryOutput)
         summaryOutput.append(0x0A)
         try summaryOutput.flush()
     }

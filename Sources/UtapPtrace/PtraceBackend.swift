@@ -132,6 +132,11 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
     var tracedExitStatus: Int32? { shared.withLock { $0.exitStatus } }
     var reapsTracedProcess: Bool { true }
 
+    /// Detaching is all there is to it: the queue stays readable afterwards.
+    func removeProbes() {
+        detach()
+    }
+
     func detach() {
         guard let thread = shared.withLock({ state -> pthread_t? in
             state.stopRequested = true

@@ -82,6 +82,24 @@ struct StopConditions {
 
 /// Drives a streaming session: polls events into the writer until a stop condition,
 /// reports loss as it appears, then detaches and writes the summary.
+/// Events delivered, per probe and in all. A class with unchecked properties rather than
+/// variables captured by the delivery closure: those were boxed and checked for
+/// exclusivity at run time on every event.
+private final class EventTally {
+    @exclusivity(unchecked) private(set) var counts: [UInt64]
+    @exclusivity(unchecked) private(set) var total: UInt64 = 0
+
+    init(probes: Int) {
+        counts = [UInt64](repeating: 0, count: probes)
+    }
+
+    func count(_ probe: Int) {
+        // An index no probe has (a stale breakpoint) is written but not counted.
+        if counts.indices.contains(probe) { counts[probe] += 1 }
+        total += 1
+    }
+}
+
 struct TraceRunner {
     let live: LiveSession
     let writer: EventWriter
@@ -102,17 +120,15 @@ struct TraceRunner {
         let session = live.session
         let stops = StopConditions(live: live, duration: duration)
         let probeCount = live.probes.count
-        var counts = [UInt64](repeating: 0, count: probeCount)
+        let tally = EventTally(probes: probeCount)
         var lostReported = [UInt64](repeating: 0, count: probeCount)
-        var total: UInt64 = 0
         var nextSlowCheck = monotonicNow() + Self.slowCheckNs
         var stop: StopReason?
 
         func deliver(_ event: Event) throws {
             try writer.write(event)
-            counts[event.probe] += 1
-            total += 1
-            if let maxEvents, total >= maxEvents { throw EnoughEvents() }
+            tally.count(event.probe)
+            if let maxEvents, tally.total >= maxEvents { throw EnoughEvents() }
         }
 
         func reportLoss() throws {
@@ -123,8 +139,13 @@ struct TraceRunner {
         }
 
         func pump(timeoutMs: Int32) throws -> StopReason? {
+            var delivered = 0
+            return try pump(timeoutMs: timeoutMs, delivered: &delivered)
+        }
+
+        func pump(timeoutMs: Int32, delivered: inout Int) throws -> StopReason? {
             do {
-                _ = try session.poll(timeoutMs: timeoutMs, deliver: deliver)
+                delivered = try session.poll(timeoutMs: timeoutMs, deliver: deliver)
                 try writer.flush()
             } catch is EnoughEvents {
                 return .maxEvents
@@ -132,6 +153,18 @@ struct TraceRunner {
                 return .outputClosed
             }
             return nil
+        }
+
+        /// Everything the probes recorded before the stop. They are removed first: with a
+        /// busy -p target still producing, draining would never end. What is left is
+        /// finite, and a poll hands it over in passes of bounded size.
+        func drain() throws -> StopReason? {
+            session.removeProbes()
+            while true {
+                var delivered = 0
+                if let stop = try pump(timeoutMs: 0, delivered: &delivered) { return stop }
+                if delivered == 0 { return nil }
+            }
         }
 
         do {
@@ -148,7 +181,7 @@ struct TraceRunner {
             // What the target produced before the stop still belongs to the trace.
             switch stop! {
             case .signal, .commandExited, .processExited, .duration:
-                if try pump(timeoutMs: 0) == .outputClosed { stop = .outputClosed }
+                if try drain() == .outputClosed { stop = .outputClosed }
             case .maxEvents, .outputClosed:
                 break
             }
@@ -171,7 +204,7 @@ struct TraceRunner {
         if stop! != .outputClosed { try reportLoss() }
         session.detach()
         if stop! != .outputClosed {
-            let summary = TraceSummary(events: counts, lost: lostReported)
+            let summary = TraceSummary(events: tally.counts, lost: lostReported)
             do {
                 try writer.summary(summary)
                 try writer.flush()

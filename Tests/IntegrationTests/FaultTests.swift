@@ -63,4 +63,69 @@ final class FaultTests: XCTestCase {
             XCTAssertEqual(try UtapLinks.left(since: links), [], "run \(run)")
         }
     }
+
+    /// A flood: two threads call the probe as fast as they can while whatever reads utap's
+    /// output stalls for a second, with a 1 MiB ring. bpf loses events and says exactly
+    /// how many; ptrace holds the target back instead (its queue is bounded) and loses
+    /// none. Either way utap finishes, the program's output is exact, and utap's peak
+    /// memory is that of a run of 2 calls, give or take the buffers.
+    func testFloodLosesOnlyWhatItCountsAndMemoryStaysBounded() throws {
+        try Harness.eachBackend { backend in
+            let perThread = backend == "bpf" ? 400_000 : 10_000
+            let flood = try floodRun(backend: backend, perThread: perThread, stallSeconds: 1)
+            XCTAssertEqual(flood.events + flood.lost, 2 * perThread, backend)
+            if backend == "bpf" {
+                XCTAssertGreaterThan(flood.lost, 0, "a stalled reader and a 1 MiB ring must lose events")
+            } else {
+                XCTAssertEqual(flood.lost, 0, "ptrace holds the target back rather than lose events")
+            }
+            let quiet = try floodRun(backend: backend, perThread: 1, stallSeconds: 0)
+            XCTAssertEqual(quiet.events, 2, backend)
+            XCTAssertLessThan(flood.peakKiB, quiet.peakKiB + Self.floodHeadroomKiB,
+                              "\(backend): peak RSS \(flood.peakKiB) KiB flooded, \(quiet.peakKiB) KiB quiet")
+        }
+    }
+
+    /// What a flood may add to utap's peak memory: its ring buffer mapping (1 MiB), output
+    /// buffer and event queue (ptrace: 65536 events at most), with room to spare, far
+    /// below what keeping the hundreds of thousands of events of the flood would take.
+    static let floodHeadroomKiB = 48 * 1024
+
+    /// `utap trace --format json --buffer-mb 1 -o FIFO 'loop:probe_me i=arg0' -- loop
+    /// PER_THREAD --threads 2`, the FIFO read only after `stallSeconds`. Checks the exit
+    /// status, the program's output and the summary's agreement with the stream; returns
+    /// the counts and utap's peak RSS (VmHWM, read until it exits).
+    private func floodRun(backend: String, perThread: Int, stallSeconds: Int) throws
+        -> (events: Int, lost: Int, peakKiB: Int) {
+        let dir = NSTemporaryDirectory() + "utap-flood-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let script = """
+            mkfifo '\(dir)/fifo'
+            (exec 3<'\(dir)/fifo'; sleep \(stallSeconds)
+             awk '/"type":"event"/ { n++ } /"type":"summary"/ { s = $0 } END { print n + 0; print s }' <&3 > '\(dir)/out') &
+            '\(Harness.utap)' trace --backend \(backend) --format json --buffer-mb 1 -o '\(dir)/fifo' \\
+                '\(Self.loop):probe_me i=arg0' -- '\(Self.loop)' \(perThread) --threads 2 > '\(dir)/stdout' &
+            utap=$!
+            peak=0
+            while kill -0 $utap 2>/dev/null; do
+                hwm=$(awk '/^VmHWM/ { print $2 }' /proc/$utap/status 2>/dev/null); [ -n "$hwm" ] && peak=$hwm
+                sleep 0.05
+            done
+            wait $utap; status=$?; wait
+            echo "$peak"; exit $status
+            """
+        let r = try Harness.run("/bin/bash", ["-c", script], timeout: 300)
+        XCTAssertEqual(r.status, 0, "\(backend): \(r.stderr)")
+        XCTAssertEqual(try String(contentsOfFile: dir + "/stdout", encoding: .utf8),
+                       "threads=2 calls=\(2 * perThread) sum=\(perThread * (perThread - 1))\n", backend)
+        let lines = try String(contentsOfFile: dir + "/out", encoding: .utf8).split(separator: "\n")
+        let events = try XCTUnwrap(Int(lines.first ?? ""), backend)
+        let summary = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as? [String: Any], backend)
+        let lost = try XCTUnwrap(summary["lost"] as? Int, backend)
+        XCTAssertEqual(summary["events"] as? Int, events, backend)
+        XCTAssertTrue(r.stderr.contains("utap: \(events) events, \(lost) lost"), "\(backend): \(r.stderr)")
+        let peak = try XCTUnwrap(Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), r.stdout)
+        return (events, lost, peak)
+    }
 }

@@ -256,23 +256,34 @@ final class TraceTests: XCTestCase {
 
     /// A reader that cannot keep up loses events, and says exactly how many: what arrived
     /// plus what was reported lost is every call the target made.
-    func testLossIsCountedExactly() throws {
-        let dir = NSTemporaryDirectory() + "utap-loss-\(getpid())"
+    /// `utap trace --format json --buffer-mb MB -o FIFO 'add2 a=arg0' -- args_pie CALLS`
+    /// whose FIFO is read only after 2 s, or once the command has finished: utap blocks
+    /// writing while the ring fills. Returns utap's run and what came out of the FIFO.
+    private func traceThroughStalledReader(bufferMb: Int, calls: Int, readAfterTheCommand: Bool = false) throws
+        -> (run: Harness.Result, out: Harness.Result) {
+        let dir = NSTemporaryDirectory() + "utap-stalled-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let calls = 200_000
-        // The FIFO's reader waits 2 s before reading: utap blocks writing, the 1 MiB ring fills.
+        // args_pie prints "sum=" last, just before it exits.
+        let stall = readAfterTheCommand ? "until grep -q sum= '\(dir)/stdout'; do sleep 0.1; done; sleep 0.5" : "sleep 2"
         let script = """
             mkfifo '\(dir)/fifo'
-            (exec 3<'\(dir)/fifo'; sleep 2; cat <&3 > '\(dir)/out') &
-            '\(Harness.utap)' trace --format json --buffer-mb 1 -o '\(dir)/fifo' \
-                'add2 a=arg0' -- '\(Harness.target("args_pie"))' \(calls) > /dev/null
+            (exec 3<'\(dir)/fifo'; \(stall); cat <&3 > '\(dir)/out') &
+            '\(Harness.utap)' trace --format json --buffer-mb \(bufferMb) -o '\(dir)/fifo' \
+                'add2 a=arg0' -- '\(Harness.target("args_pie"))' \(calls) > '\(dir)/stdout'
             status=$?; wait; exit $status
             """
         let r = try Harness.run("/bin/bash", ["-c", script], timeout: 120)
         XCTAssertEqual(r.status, 0, r.stderr)
         let out = Harness.Result(status: 0, stdout: "", stderr: "",
                                  output: try String(contentsOfFile: dir + "/out", encoding: .utf8))
+        return (r, out)
+    }
+
+    func testLossIsCountedExactly() throws {
+        let calls = 200_000
+        // A 1 MiB ring holds about 14,000 records: most of the calls are lost.
+        let (r, out) = try traceThroughStalledReader(bufferMb: 1, calls: calls)
         let lostInStream = out.records.filter { $0["type"] as? String == "lost" }.reduce(0) { $0 + ($1["count"] as! Int) }
         let summary = try XCTUnwrap(out.summary)
         XCTAssertGreaterThan(lostInStream, 0, "a 1 MiB ring and a stalled reader must lose events")
@@ -280,6 +291,22 @@ final class TraceTests: XCTestCase {
         XCTAssertEqual(summary["events"] as? Int, out.events("add2").count)
         XCTAssertEqual(out.events("add2").count + lostInStream, calls)
         XCTAssertTrue(r.stderr.contains("utap: \(out.events("add2").count) events, \(lostInStream) lost"), r.stderr)
+    }
+
+    /// The command exits with far more records in the ring than one consume pass hands
+    /// over (16384): all of them still belong to the trace (they were once dropped
+    /// silently, the summary saying 0 lost).
+    func testEverythingInTheRingIsDeliveredAfterTheCommandExits() throws {
+        let calls = 60_000
+        // 32 MiB holds every record: nothing may be lost.
+        let (r, out) = try traceThroughStalledReader(bufferMb: 32, calls: calls, readAfterTheCommand: true)
+        XCTAssertEqual(out.events("add2").count, calls)
+        let values = out.events("add2").map { $0.int("a") }
+        let misplaced = values.enumerated().first { $0.element != Int64($0.offset) }
+        XCTAssertNil(misplaced, "event \(misplaced?.offset ?? 0) has a=\(String(describing: misplaced?.element))")
+        XCTAssertEqual(out.summary?["events"] as? Int, calls)
+        XCTAssertEqual(out.summary?["lost"] as? Int, 0)
+        XCTAssertTrue(r.stderr.contains("utap: \(calls) events, 0 lost"), r.stderr)
     }
 
     /// fib keeps frame pointers; it exits before its events are read, so its frames are
