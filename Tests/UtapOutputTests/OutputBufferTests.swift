@@ -23,6 +23,31 @@ final class OutputBufferTests: XCTestCase {
                     + "0 9 10 99 100 101 1000000 18446744073709551615 000042 1234567")
     }
 
+    /// Every power of ten and its neighbours, and the 8-digit group boundaries, against
+    /// the standard library's rendering, with and without zero padding.
+    func testDecimalsAtEveryDigitBoundary() throws {
+        var values: [UInt64] = [0, 1, .max, .max - 1, 99_999_999, 100_000_000, 100_000_001,
+                                9_999_999_999_999_999, 10_000_000_000_000_000, 1_000_000_000_000_000_001]
+        var power: UInt64 = 1
+        for _ in 0...19 {
+            values += [power - 1, power, power + 1, power &* 5, power &* 7 &- 3]
+            power = power.multipliedReportingOverflow(by: 10).partialValue
+        }
+        let out = try captured { out in
+            for value in values {
+                out.appendDecimal(value)
+                out.append(0x20)
+                out.appendDecimal(value, minDigits: 21)
+                out.append(0x20)
+            }
+        }
+        let expected = values.map { value -> String in
+            let plain = String(value)
+            return plain + " " + String(repeating: "0", count: 21 - plain.count) + plain + " "
+        }.joined()
+        assertBytes(out, expected)
+    }
+
     func testHex() throws {
         let out = try captured { out in
             for value: UInt64 in [0, 0xa, 0x10, 0x55d0c2a0, 0xDEADBEEF, .max] {
