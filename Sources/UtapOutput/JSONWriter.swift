@@ -13,6 +13,7 @@ public final class JSONWriter: EventWriter {
 
     private let probes: [ProbeDescriptor]
     private let texts: ProbeTexts
+    private let threadTexts = ThreadTextCache()
     private let output: OutputBuffer
 
     public init(probes: [ProbeDescriptor], output: OutputBuffer) {
@@ -38,13 +39,15 @@ public final class JSONWriter: EventWriter {
     public func write(_ event: Event) throws {
         output.append(#"{"type":"event","ts_ns":"#)
         output.appendDecimal(event.timestampNs)
-        output.append(#","pid":"#)
-        output.appendDecimal(Int64(event.pid))
-        output.append(#","tid":"#)
-        output.appendDecimal(Int64(event.tid))
-        output.append(#","comm":"#)
-        output.appendJSONString(event.comm)
-        output.append(0x2C)
+        threadTexts.append(event, to: output) { output in
+            output.append(#","pid":"#)
+            output.appendDecimal(Int64(event.pid))
+            output.append(#","tid":"#)
+            output.appendDecimal(Int64(event.tid))
+            output.append(#","comm":"#)
+            output.appendJSONString(event.comm)
+            output.append(0x2C)
+        }
         texts.appendFixed(Piece.prefix, probe: event.probe, to: output)
         // Read in place: a subscripted read copies each value (a retain for strings).
         event.fields.withUnsafeBufferPointer { fields in

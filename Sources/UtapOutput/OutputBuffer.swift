@@ -150,6 +150,13 @@ public final class OutputBuffer {
         storage.pointee.count += count
     }
 
+    /// Copies `count` buffered bytes starting at `start` (a `bufferedCount` taken before
+    /// appending them) to `destination`.
+    @inline(__always)
+    func copyBuffered(from start: Int, count: Int, to destination: UnsafeMutablePointer<UInt8>) {
+        destination.update(from: storage.pointee.bytes + start, count: count)
+    }
+
     /// Only a record larger than the headroom (a deep stack) gets here.
     @inline(never)
     private func grow(_ count: Int) {

@@ -20,6 +20,7 @@ public final class TextWriter: EventWriter {
 
     private let probes: [ProbeDescriptor]
     private let texts: ProbeTexts
+    private let threadTexts = ThreadTextCache()
     private let probeWidth: Int
     private let output: OutputBuffer
     private let summaryOutput: OutputBuffer
@@ -78,17 +79,19 @@ public final class TextWriter: EventWriter {
         appendTime(event.timestampNs)
         output.append(0x20)
 
-        var start = output.bufferedCount
-        output.appendTextEscaped(event.comm)
-        output.pad(from: start, toWidth: Self.commWidth)
-        output.append(0x20)
+        threadTexts.append(event, to: output) { output in
+            var start = output.bufferedCount
+            output.appendTextEscaped(event.comm)
+            output.pad(from: start, toWidth: Self.commWidth)
+            output.append(0x20)
 
-        start = output.bufferedCount
-        output.appendDecimal(Int64(event.pid))
-        output.append(0x2F)
-        output.appendDecimal(Int64(event.tid))
-        output.pad(from: start, toWidth: Self.pidTidWidth)
-        output.append(0x20)
+            start = output.bufferedCount
+            output.appendDecimal(Int64(event.pid))
+            output.append(0x2F)
+            output.appendDecimal(Int64(event.tid))
+            output.pad(from: start, toWidth: Self.pidTidWidth)
+            output.append(0x20)
+        }
 
         let hasTail = !event.fields.isEmpty || event.latencyNs != nil
         texts.appendFixed(hasTail ? Piece.paddedName : Piece.name, probe: event.probe, to: output)

@@ -1,0 +1,47 @@
+import UtapCore
+import UtapOutput
+import XCTest
+
+/// Writers keep each thread's encoded pid/tid/comm: the output must be what a writer
+/// that has seen no event before writes, event for event.
+final class ThreadTextCacheTests: XCTestCase {
+    /// Threads that share a cache slot (tids 16 apart), a thread renamed, a tid reused by
+    /// another process, a name whose escaped form does not fit a slot, and back again.
+    private let events: [Event] = {
+        let threads: [(pid: Int32, tid: Int32, comm: String)] = [
+            (100, 101, "worker"), (100, 117, "worker-2"), (100, 101, "worker"), (100, 117, "worker-2"),
+            (100, 101, "renamed"), (200, 101, "renamed"), (200, 101, "quote\"back\\slash"),
+            (300, 301, String(repeating: "\u{1}", count: 40)), (300, 301, String(repeating: "\u{1}", count: 40)),
+            (100, 101, "worker"), (7, 7, ""), (7, 7, ""),
+        ]
+        return threads.enumerated().map { index, thread in
+            Event(timestampNs: 1_000_000_000 + UInt64(index) * 1000, pid: thread.pid, tid: thread.tid,
+                  comm: thread.comm, probe: 0, kind: .entry, fields: [.unsigned(UInt64(index))])
+        }
+    }()
+
+    func testJSONIsTheSameAsWithoutTheCache() throws {
+        try assertSameAsFreshWriters { out in JSONWriter(probes: [malloc], output: out) }
+    }
+
+    func testTextIsTheSameAsWithoutTheCache() throws {
+        try assertSameAsFreshWriters { out in TextWriter(probes: [malloc], output: out, startNs: 1_000_000_000) }
+    }
+
+    /// All events through one writer, against each event through a writer of its own
+    /// (text: the header line dropped from every one but the first).
+    private func assertSameAsFreshWriters(_ makeWriter: (OutputBuffer) -> EventWriter,
+                                          file: StaticString = #filePath, line: UInt = #line) throws {
+        let together = try captured { out in
+            let writer = makeWriter(out)
+            for event in events { try writer.write(event) }
+        }
+        var apart: [UInt8] = []
+        for (index, event) in events.enumerated() {
+            let alone = try captured { out in try makeWriter(out).write(event) }
+            let isText = alone.first == UInt8(ascii: "T")
+            apart += index > 0 && isText ? Array(alone.drop(while: { $0 != 0x0A }).dropFirst()) : alone
+        }
+        assertBytes(together, String(decoding: apart, as: UTF8.self), file: file, line: line)
+    }
+}
