@@ -34,9 +34,11 @@ bench-bpftrace:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y bpftrace || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bpftrace; }; }
 
-# Debian's ltrace and gdb, the ptrace tracers utap's ptrace backend is compared with.
+# Debian's ltrace and gdb, the ptrace tracers utap's ptrace backend is compared with,
+# and GNU time, which measures each tracer's peak RSS.
 bench-ptrace-tools:
 	@missing=; for t in ltrace gdb; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -x /usr/bin/time ] || missing="$$missing time"; \
 	[ -z "$$missing" ] || { \
 		echo "bench: installing$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
