@@ -38,6 +38,8 @@ final class BPFSession: TraceSession {
     @exclusivity(unchecked) private var deliver: (Event) throws -> Void = BPFSession.deliverNowhere
     private var deliverError: Error?
     @exclusivity(unchecked) private var delivered = 0
+    /// Set by `discardPending`: records are counted per probe instead of delivered.
+    @exclusivity(unchecked) private var discarded: [UInt64]?
 
     init(plan: TracePlan) throws(UtapError) {
         self.plan = plan
@@ -272,6 +274,11 @@ final class BPFSession: TraceSession {
     static let maxBatch = 16384
 
     private func handle(_ record: UnsafeRawBufferPointer) -> Int32 {
+        if discarded != nil {
+            let probe = Int(RecordDecoder.probeIndex(record))
+            if discarded!.indices.contains(probe) { discarded![probe] += 1 }
+            return 0
+        }
         // Moved out and back rather than used in place: a read through the pointer copied
         // the event (a retain and release per field array) on every record.
         var event = scratch.move()
@@ -308,6 +315,15 @@ final class BPFSession: TraceSession {
             if let error = deliverError { throw error }
         }
         return delivered
+    }
+
+    func discardPending() -> [UInt64] {
+        guard let ring else { return [UInt64](repeating: 0, count: plan.probes.count) }
+        discarded = [UInt64](repeating: 0, count: plan.probes.count)
+        defer { discarded = nil }
+        // The probes are gone: what is left is finite, and no pass is cut short.
+        while ring_buffer__consume(ring) > 0 {}
+        return discarded!
     }
 
     func lostCounts() -> [UInt64] {

@@ -18,6 +18,11 @@ final class RecordDecoder {
         symbolizer = stacks ? Symbolizer(knownFiles: Array(Set(probes.map(\.path))).sorted()) : nil
     }
 
+    /// The probe index of a record (all ones when it is too short to have one).
+    static func probeIndex(_ record: UnsafeRawBufferPointer) -> UInt32 {
+        record.count >= 28 ? record.loadUnaligned(fromByteOffset: 24, as: UInt32.self) : .max
+    }
+
     /// What `decode(_:into:)` starts from.
     static let emptyEvent = Event(timestampNs: 0, pid: 0, tid: 0, comm: "", probe: 0, kind: .entry, fields: [])
 
@@ -44,7 +49,7 @@ final class RecordDecoder {
         let pid = record.loadUnaligned(fromByteOffset: 16, as: Int32.self)
         event.pid = pid
         event.tid = record.loadUnaligned(fromByteOffset: 20, as: Int32.self)
-        let index = Int(record.loadUnaligned(fromByteOffset: 24, as: UInt32.self))
+        let index = Int(Self.probeIndex(record))
         event.probe = index
         let flags = record.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
         event.kind = flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry

@@ -87,6 +87,9 @@ public protocol TraceSession: AnyObject {
     /// Stops new events: removes every probe, while what was recorded before stays
     /// readable through `poll` and `lostCounts` until `detach`. Idempotent.
     func removeProbes()
+    /// After `removeProbes`: takes every record still pending without delivering it, and
+    /// returns how many there were per probe of the plan.
+    func discardPending() -> [UInt64]
     /// Removes every probe and frees what the session holds. Idempotent.
     func detach()
     /// The traced process is reaped by the backend (ptrace): nobody else may wait for it

@@ -114,6 +114,12 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
         return batch.count
     }
 
+    func discardPending() -> [UInt64] {
+        var counts = [UInt64](repeating: 0, count: plan.probes.count)
+        for event in take() where counts.indices.contains(event.probe) { counts[event.probe] += 1 }
+        return counts
+    }
+
     private func take() -> [Event] {
         shared.withLock { state in
             let events = state.events

@@ -115,6 +115,10 @@ struct TraceRunner {
     static let pollIntervalMs: Int32 = 5
     /// How often loss counters are read from the kernel and a -p process is checked.
     static let slowCheckNs: UInt64 = 100_000_000
+    /// How long writing what was recorded before a stop may take, unless a command's run
+    /// is being traced (UTAP_DRAIN_BUDGET_MS; a flood of a 32 MiB ring to a terminal
+    /// would otherwise hold a Ctrl-C for seconds).
+    static let drainBudgetNs = (getenv("UTAP_DRAIN_BUDGET_MS").flatMap { UInt64(String(cString: $0)) } ?? 1000) * 1_000_000
 
     func run() throws -> Int32 {
         let session = live.session
@@ -131,8 +135,12 @@ struct TraceRunner {
             if let maxEvents, tally.total >= maxEvents { throw EnoughEvents() }
         }
 
+        /// Records left unread at the end of a drain, per probe: lost like the kernel's.
+        var unread = [UInt64](repeating: 0, count: probeCount)
+
         func reportLoss() throws {
-            for (probe, lost) in session.lostCounts().enumerated() where lost > lostReported[probe] {
+            let lostCounts = zip(session.lostCounts(), unread).map { $0 + $1 }
+            for (probe, lost) in lostCounts.enumerated() where lost > lostReported[probe] {
                 try writer.lost(probe: probe, count: lost - lostReported[probe])
                 lostReported[probe] = lost
             }
@@ -157,10 +165,18 @@ struct TraceRunner {
 
         /// Everything the probes recorded before the stop. They are removed first: with a
         /// busy -p target still producing, draining would never end. What is left is
-        /// finite, and a poll hands it over in passes of bounded size.
-        func drain() throws -> StopReason? {
+        /// finite, and a poll hands it over in passes of bounded size. Past `budgetNs`
+        /// the rest is counted as lost, not written: a Ctrl-C ends a flood promptly.
+        func drain(budgetNs: UInt64?) throws -> StopReason? {
             session.removeProbes()
+            let deadline = budgetNs.map { monotonicNow() + $0 }
             while true {
+                if let deadline, monotonicNow() >= deadline {
+                    unread = zip(unread, session.discardPending()).map { $0 + $1 }
+                    let count = unread.reduce(0, +)
+                    if count > 0 { warn("\(count) events recorded before the stop were not written (counted as lost)") }
+                    return nil
+                }
                 var delivered = 0
                 if let stop = try pump(timeoutMs: 0, delivered: &delivered) { return stop }
                 if delivered == 0 { return nil }
@@ -178,10 +194,14 @@ struct TraceRunner {
                     nextSlowCheck = now + Self.slowCheckNs
                 }
             }
-            // What the target produced before the stop still belongs to the trace.
+            // What the target produced before the stop still belongs to the trace: all of
+            // a command's run; when utap itself ends the trace, what it can write in
+            // the drain budget.
             switch stop! {
-            case .signal, .commandExited, .processExited, .duration:
-                if try drain() == .outputClosed { stop = .outputClosed }
+            case .commandExited:
+                if try drain(budgetNs: nil) == .outputClosed { stop = .outputClosed }
+            case .signal, .processExited, .duration:
+                if try drain(budgetNs: Self.drainBudgetNs) == .outputClosed { stop = .outputClosed }
             case .maxEvents, .outputClosed:
                 break
             }

@@ -50,13 +50,22 @@ final class FaultTests: XCTestCase {
         let links = try UtapLinks.current()
         for run in 0..<20 {
             let target = try Harness.WaitingTarget(executable: Self.loop, arguments: ["3000000", "--threads", "2", "--wait"])
-            let utap = try Harness.Background(["trace", "--backend", "bpf", "--format", "json", "-p", String(target.pid),
+            let output = NSTemporaryDirectory() + "utap-sigkill-\(getpid()).json"
+            defer { unlink(output) }
+            let utap = try Harness.Background(["trace", "--backend", "bpf", "--format", "json", "-o", output,
+                                               "-p", String(target.pid),
                                                "\(Self.loop):probe_me i=arg0", "\(Self.loop):probe_me%return"])
             target.release()
-            usleep(30_000)
+            // Killed once events reach the file: streaming, however slow the build.
+            let deadline = Date().addingTimeInterval(30)
+            while ((try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0) == 0,
+                  Date() < deadline {
+                usleep(5_000)
+            }
             let killed = utap.stop(SIGKILL)
             XCTAssertEqual(killed.status, SIGKILL, "run \(run): \(killed.stderr)")
-            XCTAssertTrue(killed.stdout.contains("probe_me"), "run \(run): utap was tracing when killed")
+            let written = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            XCTAssertTrue(written.contains("probe_me"), "run \(run): utap was tracing when killed")
             let end = target.finish()
             XCTAssertEqual(end.status, 0, "run \(run)")
             XCTAssertEqual(end.stdout, "threads=2 calls=6000000 sum=8999997000000\n", "run \(run)")
@@ -65,21 +74,21 @@ final class FaultTests: XCTestCase {
     }
 
     /// A flood: two threads call the probe as fast as they can while whatever reads utap's
-    /// output stalls for a second, with a 1 MiB ring. bpf loses events and says exactly
-    /// how many; ptrace holds the target back instead (its queue is bounded) and loses
-    /// none. Either way utap finishes, the program's output is exact, and utap's peak
-    /// memory is that of a run of 2 calls, give or take the buffers.
+    /// output stalls until they are done, with a 1 MiB ring. bpf loses events and says
+    /// exactly how many; ptrace loses none (its queue is bounded: a slow reader holds the
+    /// target back). Either way utap finishes, the program's output is exact, and utap's
+    /// peak memory is that of a run of 2 calls, give or take the buffers.
     func testFloodLosesOnlyWhatItCountsAndMemoryStaysBounded() throws {
         try Harness.eachBackend { backend in
             let perThread = backend == "bpf" ? 400_000 : 10_000
-            let flood = try floodRun(backend: backend, perThread: perThread, stallSeconds: 1)
+            let flood = try floodRun(backend: backend, perThread: perThread, stalled: true)
             XCTAssertEqual(flood.events + flood.lost, 2 * perThread, backend)
             if backend == "bpf" {
                 XCTAssertGreaterThan(flood.lost, 0, "a stalled reader and a 1 MiB ring must lose events")
             } else {
                 XCTAssertEqual(flood.lost, 0, "ptrace holds the target back rather than lose events")
             }
-            let quiet = try floodRun(backend: backend, perThread: 1, stallSeconds: 0)
+            let quiet = try floodRun(backend: backend, perThread: 1, stalled: false)
             XCTAssertEqual(quiet.events, 2, backend)
             XCTAssertLessThan(flood.peakKiB, quiet.peakKiB + Self.floodHeadroomKiB,
                               "\(backend): peak RSS \(flood.peakKiB) KiB flooded, \(quiet.peakKiB) KiB quiet")
@@ -92,17 +101,17 @@ final class FaultTests: XCTestCase {
     static let floodHeadroomKiB = 48 * 1024
 
     /// `utap trace --format json --buffer-mb 1 -o FIFO 'loop:probe_me i=arg0' -- loop
-    /// PER_THREAD --threads 2`, the FIFO read only after `stallSeconds`. Checks the exit
-    /// status, the program's output and the summary's agreement with the stream; returns
-    /// the counts and utap's peak RSS (VmHWM, read until it exits).
-    private func floodRun(backend: String, perThread: Int, stallSeconds: Int) throws
+    /// PER_THREAD --threads 2`, the FIFO read only once the program is done when
+    /// `stalled`. Checks the exit status, the program's output and the summary's agreement
+    /// with the stream; returns the counts and utap's peak RSS (VmHWM, read until it exits).
+    private func floodRun(backend: String, perThread: Int, stalled: Bool) throws
         -> (events: Int, lost: Int, peakKiB: Int) {
         let dir = NSTemporaryDirectory() + "utap-flood-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let script = """
             mkfifo '\(dir)/fifo'
-            (exec 3<'\(dir)/fifo'; sleep \(stallSeconds)
+            (exec 3<'\(dir)/fifo'; \(stalled ? "until grep -q threads= '\(dir)/stdout'; do sleep 0.1; done" : "")
              awk '/"type":"event"/ { n++ } /"type":"summary"/ { s = $0 } END { print n + 0; print s }' <&3 > '\(dir)/out') &
             '\(Harness.utap)' trace --backend \(backend) --format json --buffer-mb 1 -o '\(dir)/fifo' \\
                 '\(Self.loop):probe_me i=arg0' -- '\(Self.loop)' \(perThread) --threads 2 > '\(dir)/stdout' &

@@ -257,15 +257,15 @@ final class TraceTests: XCTestCase {
     /// A reader that cannot keep up loses events, and says exactly how many: what arrived
     /// plus what was reported lost is every call the target made.
     /// `utap trace --format json --buffer-mb MB -o FIFO 'add2 a=arg0' -- args_pie CALLS`
-    /// whose FIFO is read only after 2 s, or once the command has finished: utap blocks
-    /// writing while the ring fills. Returns utap's run and what came out of the FIFO.
-    private func traceThroughStalledReader(bufferMb: Int, calls: Int, readAfterTheCommand: Bool = false) throws
-        -> (run: Harness.Result, out: Harness.Result) {
+    /// whose FIFO is read only once the command has finished: utap blocks writing while
+    /// the ring fills, however fast or slow the host. Returns utap's run and what came out
+    /// of the FIFO.
+    private func traceThroughStalledReader(bufferMb: Int, calls: Int) throws -> (run: Harness.Result, out: Harness.Result) {
         let dir = NSTemporaryDirectory() + "utap-stalled-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // args_pie prints "sum=" last, just before it exits.
-        let stall = readAfterTheCommand ? "until grep -q sum= '\(dir)/stdout'; do sleep 0.1; done; sleep 0.5" : "sleep 2"
+        let stall = "until grep -q sum= '\(dir)/stdout'; do sleep 0.1; done; sleep 0.5"
         let script = """
             mkfifo '\(dir)/fifo'
             (exec 3<'\(dir)/fifo'; \(stall); cat <&3 > '\(dir)/out') &
@@ -281,7 +281,7 @@ final class TraceTests: XCTestCase {
     }
 
     func testLossIsCountedExactly() throws {
-        let calls = 200_000
+        let calls = 50_000
         // A 1 MiB ring holds about 14,000 records: most of the calls are lost.
         let (r, out) = try traceThroughStalledReader(bufferMb: 1, calls: calls)
         let lostInStream = out.records.filter { $0["type"] as? String == "lost" }.reduce(0) { $0 + ($1["count"] as! Int) }
@@ -299,7 +299,7 @@ final class TraceTests: XCTestCase {
     func testEverythingInTheRingIsDeliveredAfterTheCommandExits() throws {
         let calls = 60_000
         // 32 MiB holds every record: nothing may be lost.
-        let (r, out) = try traceThroughStalledReader(bufferMb: 32, calls: calls, readAfterTheCommand: true)
+        let (r, out) = try traceThroughStalledReader(bufferMb: 32, calls: calls)
         XCTAssertEqual(out.events("add2").count, calls)
         let values = out.events("add2").map { $0.int("a") }
         let misplaced = values.enumerated().first { $0.element != Int64($0.offset) }
@@ -307,6 +307,41 @@ final class TraceTests: XCTestCase {
         XCTAssertEqual(out.summary?["events"] as? Int, calls)
         XCTAssertEqual(out.summary?["lost"] as? Int, 0)
         XCTAssertTrue(r.stderr.contains("utap: \(calls) events, 0 lost"), r.stderr)
+    }
+
+    /// When utap ends the trace itself (here: the -p process exited), what it cannot write
+    /// within its drain budget (UTAP_DRAIN_BUDGET_MS, 0 here) is counted as lost, exactly:
+    /// nothing goes missing silently, and a Ctrl-C on a flood ends at once.
+    func testRecordsLeftAfterTheDrainBudgetAreCountedAsLost() throws {
+        let calls = 60_000
+        let dir = NSTemporaryDirectory() + "utap-budget-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The FIFO is read only once the target is gone: utap, blocked writing, sees the
+        // exit with most records still in the ring.
+        let script = """
+            cd '\(dir)'; mkfifo fifo go
+            (exec 3<fifo; until [ -e done ]; do sleep 0.1; done; cat <&3 > out) &
+            exec 4<>go
+            '\(Harness.target("args_pie"))' \(calls) --wait < go > target.out &
+            target=$!
+            until grep -q ready target.out; do sleep 0.05; done
+            UTAP_DRAIN_BUDGET_MS=0 '\(Harness.utap)' trace --format json -o fifo -p $target 'add2 a=arg0' 2> utap.err &
+            utap=$!
+            until grep -q 'Ctrl-C to stop' utap.err; do sleep 0.05; done
+            echo >&4
+            wait $target; touch done
+            wait $utap; status=$?; wait; cat utap.err >&2; exit $status
+            """
+        let r = try Harness.run("/bin/bash", ["-c", script], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = Harness.Result(status: 0, stdout: "", stderr: "",
+                                 output: try String(contentsOfFile: dir + "/out", encoding: .utf8))
+        let lostInStream = out.records.filter { $0["type"] as? String == "lost" }.reduce(0) { $0 + ($1["count"] as! Int) }
+        XCTAssertGreaterThan(lostInStream, 0, "a zero budget leaves records unwritten")
+        XCTAssertEqual(out.events("add2").count + lostInStream, calls)
+        XCTAssertEqual(out.summary?["lost"] as? Int, lostInStream)
+        XCTAssertTrue(r.stderr.contains("events recorded before the stop were not written (counted as lost)"), r.stderr)
     }
 
     /// fib keeps frame pointers; it exits before its events are read, so its frames are
