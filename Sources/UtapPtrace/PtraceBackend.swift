@@ -1,6 +1,5 @@
 import CUtapSys
 import Glibc
-import Synchronization
 import UtapCore
 
 /// The ptrace backend: probes as int3 breakpoints handled by `PtraceEngine` on a tracer
@@ -31,7 +30,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
     private let plan: TracePlan
     private let pid: Int32
     private let placer: ProbePlacer
-    private let shared = Mutex(Shared())
+    private let shared = Locked(Shared())
     /// Events waiting for `poll` beyond this make the tracer wait.
     static let queueLimit = 65536
     /// The signal that interrupts the tracer thread's waitpid.

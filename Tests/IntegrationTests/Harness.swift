@@ -115,6 +115,9 @@ enum Harness {
         return [first, "--backend", backend] + arguments.dropFirst()
     }
 
+    /// UTAP_SANITIZER (`make test-asan`, `make test-tsan`): the sanitizer utap is built with.
+    static let sanitizer = ProcessInfo.processInfo.environment["UTAP_SANITIZER"]
+
     /// UTAP_STRESS=1 (`make stress`): the full sizes of the load tests.
     static let stress = ProcessInfo.processInfo.environment["UTAP_STRESS"] == "1"
 
