@@ -90,6 +90,8 @@ final class FaultTests: XCTestCase {
             }
             let quiet = try floodRun(backend: backend, perThread: 1, stalled: false)
             XCTAssertEqual(quiet.events, 2, backend)
+            // AddressSanitizer keeps freed memory in quarantine (256 MiB): no measure there.
+            guard Harness.sanitizer != "address" else { return }
             XCTAssertLessThan(flood.peakKiB, quiet.peakKiB + Self.floodHeadroomKiB,
                               "\(backend): peak RSS \(flood.peakKiB) KiB flooded, \(quiet.peakKiB) KiB quiet")
         }
