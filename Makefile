@@ -10,7 +10,7 @@ TARGETS_OUT ?= .build/targets
 DEB_PACKAGES := libbpf-dev libelf-dev libzydis-dev clang-14 llvm-14 bpftool libcap2-bin \
                 systemtap-sdt-dev util-linux binutils strace
 
-.PHONY: all deps bpf bpf-check build release test test-asan stress unit-test demo bench clean
+.PHONY: all deps bpf bpf-check build release test test-asan test-tsan stress unit-test demo bench fuzz clean
 all: build
 
 # Installs the system packages utap builds and tests with; a no-op when all are present.
@@ -51,6 +51,7 @@ release:
 include tests/targets/targets.mk
 include tests/targets/more.mk
 include tests/targets/ptrace/ptrace.mk
+include fuzz/fuzz.mk
 
 # Unit tests need no privileges; integration tests attach real probes and need root.
 # A hung test (a tracer bug can stop a target forever) fails the run after 20 minutes.
@@ -67,13 +68,24 @@ stress: deps build targets
 			$(SWIFT) test --filter Ptrace || exit 1; \
 	done
 
-# The whole suite with utap and the tests built with AddressSanitizer (+ LeakSanitizer
-# for utap; the test runner's own allocations are suppressed by Tests/lsan.supp).
+# The whole suite with utap and the tests built with a sanitizer ($(1): address or
+# thread) in their own scratch path ($(2)); $(3): environment for the test run. A report
+# makes utap exit non-zero (ASan at once, TSan with status 66 at exit), which every test
+# checks. TEST_FILTER (e.g. "--filter TraceTests") runs a part.
+define sanitized_test
+	$(SWIFT) build --build-tests --sanitize=$(1) --scratch-path $(2)
+	$(3) UTAP_SANITIZER=$(1) UTAP_BIN=$(CURDIR)/$(2)/debug/utap UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) timeout 2400 \
+		$(SWIFT) test --skip-build --sanitize=$(1) --scratch-path $(2) $(TEST_FILTER)
+endef
+
+# AddressSanitizer + LeakSanitizer for utap (the test runner's own allocations are
+# suppressed by Tests/lsan.supp).
 test-asan: deps bpf-check targets
-	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan.supp UTAP_BIN=$(CURDIR)/.build-asan/debug/utap \
-		UTAP_TARGETS=$(CURDIR)/$(TARGETS_OUT) timeout 2400 \
-		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
+	$(call sanitized_test,address,.build-asan,LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan.supp:print_suppressions=0)
+
+# ThreadSanitizer: the reader, the ptrace tracer thread and the signal paths.
+test-tsan: deps bpf-check targets
+	$(call sanitized_test,thread,.build-tsan,TSAN_OPTIONS=halt_on_error=0)
 
 unit-test: deps
 	$(SWIFT) test --skip IntegrationTests

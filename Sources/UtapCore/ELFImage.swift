@@ -64,10 +64,11 @@ public final class ELFImage: Sendable {
 
     private let fd: Int32
     private let byName: [String: [ELFSymbol]]
-    /// Sized functions sorted by address, and for each index the largest end address of
-    /// any symbol up to it, so lookups can stop as soon as nothing earlier can reach.
+    /// Sized functions sorted by address, and for each index the largest last address of
+    /// any symbol up to it, so lookups can stop as soon as nothing earlier can reach. Last,
+    /// not end, and saturating: a crafted symbol may run to the top of the address space.
     private let sized: [ELFSymbol]
-    private let maxEnd: [UInt64]
+    private let maxLast: [UInt64]
 
     private init(path: String, fd: Int32, contents: Contents) {
         self.path = path
@@ -82,8 +83,9 @@ public final class ELFImage: Sendable {
         byName = Dictionary(grouping: contents.functions, by: \.name)
         sized = contents.functions.filter { $0.size > 0 }
         var running: UInt64 = 0
-        maxEnd = sized.map { symbol in
-            running = max(running, symbol.address &+ symbol.size)
+        maxLast = sized.map { symbol in
+            let (last, overflow) = symbol.address.addingReportingOverflow(symbol.size - 1)
+            running = max(running, overflow ? .max : last)
             return running
         }
     }
@@ -184,7 +186,7 @@ public final class ELFImage: Sendable {
         }
         var best: ELFSymbol?
         var index = low - 1
-        while index >= 0 && maxEnd[index] > address {
+        while index >= 0 && maxLast[index] >= address {
             let candidate = sized[index]
             if candidate.contains(address), best.map({ Self.isBetter(candidate, than: $0) }) ?? true {
                 best = candidate
@@ -204,18 +206,23 @@ public final class ELFImage: Sendable {
     }
 
     /// Where the byte at ELF virtual address `address` lies in the file, or nil when no
-    /// `PT_LOAD` segment maps it from the file (e.g. `.bss`).
+    /// `PT_LOAD` segment maps it from the file (e.g. `.bss`) or a crafted segment puts it
+    /// beyond any file offset.
     public func fileOffset(ofVirtualAddress address: UInt64) -> UInt64? {
-        segment(containing: address).map { address - $0.virtualAddress + $0.fileOffset }
+        segment(containing: address).flatMap { Self.fileOffset(of: address, in: $0) }
     }
 
     /// Up to `count` bytes of the file from ELF virtual address `address`: fewer when the
     /// segment's file contents end first, nil when `address` is not backed by the file.
     public func bytes(atVirtualAddress address: UInt64, count: Int) -> [UInt8]? {
-        guard count >= 0, let segment = segment(containing: address) else { return nil }
-        let available = segment.virtualAddress + segment.fileSize - address
+        guard count >= 0, let segment = segment(containing: address),
+              let offset = Self.fileOffset(of: address, in: segment) else { return nil }
+        // The segment's size is the header's word; the file's own size bounds what is read
+        // (and allocated), so a crafted size cannot ask for exabytes.
+        var info = stat()
+        guard fstat(fd, &info) == 0, UInt64(info.st_size) > offset else { return nil }
+        let available = min(segment.fileSize - (address - segment.virtualAddress), UInt64(info.st_size) - offset)
         var buffer = [UInt8](repeating: 0, count: Int(min(UInt64(count), available)))
-        let offset = address - segment.virtualAddress + segment.fileOffset
         var filled = 0
         while filled < buffer.count {
             let got = buffer.withUnsafeMutableBytes { raw in
@@ -230,6 +237,13 @@ public final class ELFImage: Sendable {
 
     private func segment(containing address: UInt64) -> LoadSegment? {
         segments.first { address >= $0.virtualAddress && address - $0.virtualAddress < $0.fileSize }
+    }
+
+    /// The file offset of `address` (inside `segment`), nil past what `off_t` holds: the
+    /// header fields are the file's, and a crafted one must not trap the arithmetic.
+    private static func fileOffset(of address: UInt64, in segment: LoadSegment) -> UInt64? {
+        let (offset, overflow) = segment.fileOffset.addingReportingOverflow(address - segment.virtualAddress)
+        return overflow || offset > UInt64(off_t.max) ? nil : offset
     }
 
     /// Function names close to `name`, for "did you mean" hints: names containing it
@@ -414,7 +428,8 @@ private struct Contents {
             var dyn = GElf_Dyn()
             guard gelf_getdyn(data, index, &dyn) != nil, dyn.d_tag != Int64(DT_NULL) else { break }
             let string = { () -> String? in
-                elf_strptr(elf, Int(shdr.sh_link), Int(dyn.d_un.d_val)).map { String(cString: $0) }
+                // A crafted offset past Int.max names no string rather than trapping.
+                Int(exactly: dyn.d_un.d_val).flatMap { elf_strptr(elf, Int(shdr.sh_link), $0) }.map { String(cString: $0) }
             }
             switch dyn.d_tag {
             case Int64(DT_NEEDED):

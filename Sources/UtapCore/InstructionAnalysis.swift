@@ -74,7 +74,8 @@ public enum InstructionAnalysis {
         let opcode = code[i]
         let second: UInt8? = opcode == 0x0F && i + 1 < length ? code[i + 1] : nil
         let modrmReg: UInt8? = i + (second == nil ? 1 : 2) < length ? (code[i + (second == nil ? 1 : 2)] >> 3) & 7 : nil
-        let next = address + UInt64(length)
+        // Wrapping: the address comes from the file's symbols, which may be anything.
+        let next = address &+ UInt64(length)
 
         if let reason = refusal(prefixes: prefixes, opcode: opcode, second: second, modrmReg: modrmReg) {
             return .refuse(reason)
@@ -172,7 +173,8 @@ public enum InstructionAnalysis {
         }
         var bytes = Array(code[0..<length])
         if ripRelative {
-            let shifted = instruction.raw.disp.value + Int64(bitPattern: address &- stub)
+            // Modulo 2^64, as the CPU adds rip and disp: a plain + traps on far-apart addresses.
+            let shifted = instruction.raw.disp.value &+ Int64(bitPattern: address &- stub)
             guard let displacement = Int32(exactly: shifted) else {
                 return .refuse("rip-relative operand out of reach of the out-of-line page")
             }

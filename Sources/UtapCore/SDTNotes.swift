@@ -31,7 +31,8 @@ public struct USDTArgument: Equatable, Sendable {
     /// Parses one argument spec, e.g. `-4@%edi`, `8@-16(%rbp)`, `4@$5`, `8@%rax`.
     /// Forms this tracer cannot read (rip-relative symbols, index registers) give nil.
     public static func parse(_ text: Substring) -> USDTArgument? {
-        guard let at = text.firstIndex(of: "@"), let size = Int(text[..<at]), [1, 2, 4, 8].contains(abs(size)) else {
+        // magnitude, not abs: abs(Int.min) traps, and the note's text is the file's.
+        guard let at = text.firstIndex(of: "@"), let size = Int(text[..<at]), [1, 2, 4, 8].contains(size.magnitude) else {
             return nil
         }
         let operand = text[text.index(after: at)...]
