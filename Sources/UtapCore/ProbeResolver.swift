@@ -176,7 +176,9 @@ public struct ProbeResolver {
         guard function.size > 0, offset < function.size else {
             throw .usage("probe '\(probe)': offset 0x\(String(offset, radix: 16)) is outside \(displayName(function.name)) (\(function.size) bytes)")
         }
-        guard let code = image.bytes(atVirtualAddress: function.address, count: Int(function.size)) else {
+        // Up to the probed instruction's longest possible end: all the boundary check reads.
+        let needed = Int(clamping: function.size - offset > 15 ? offset + 15 : function.size)
+        guard let code = image.bytes(atVirtualAddress: function.address, count: needed) else {
             throw .runtime("probe '\(probe)': cannot read the code of \(displayName(function.name)) from \(image.path)")
         }
         if !InstructionDecoder.isBoundary(offset: Int(offset), in: code) {

@@ -19,7 +19,7 @@ extension ProbeResolver {
         let image = try image(at: probe.path)
         guard mode == .sites || (mode == .auto && Self.unwindsThroughFrames(image)) else { return probe }
         guard let function = image.enclosingFunction(of: probe.address), function.size > 0,
-              let code = image.bytes(atVirtualAddress: function.address, count: Int(function.size)),
+              let code = image.bytes(atVirtualAddress: function.address, count: Int(clamping: function.size)),
               let returns = InstructionDecoder.returnInstructions(in: code) else {
             throw .usage("probe '\(probe.name)': cannot decode the code of \(probe.function ?? "the function") to find its returns",
                          hint: "use --return-mode hijack")

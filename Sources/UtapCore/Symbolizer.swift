@@ -68,7 +68,7 @@ public final class Symbolizer {
     /// `function+0xOFF` for a file offset, with the offset of the frame's own address.
     private func symbol(in image: ELFImage?, fileOffset: UInt64, back: UInt64) -> String? {
         guard let image,
-              let segment = image.segments.first(where: { fileOffset >= $0.fileOffset && fileOffset < $0.fileOffset + $0.fileSize })
+              let segment = image.segments.first(where: { fileOffset >= $0.fileOffset && fileOffset - $0.fileOffset < $0.fileSize })
         else { return nil }
         let virtual = fileOffset - segment.fileOffset + segment.virtualAddress
         guard let function = image.enclosingFunction(of: virtual) else { return nil }
