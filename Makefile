@@ -75,9 +75,10 @@ stress: deps build targets
 	$(call repeat_tests,$(STRESS_RUNS),Ptrace,UTAP_STRESS=1)
 
 # The fault-injection tests (utap killed or signalled under load, floods, full disks,
-# closed pipes, drains), FAULT_RUNS times in a row: issue 5's "20 runs in a row".
+# closed pipes, drains; the target killed, forking and exec'ing while traced),
+# FAULT_RUNS times in a row: issue 5's "20 runs in a row".
 FAULT_RUNS ?= 20
-FAULT_TESTS := FaultTests|TraceTests.testLoss|TraceTests.testEverythingInTheRing|TraceTests.testRecordsLeft|TraceTests.testFullFilesystem|TraceTests.testOutputFileAndPipe|TraceTests.testSigint|PtraceCorpusTests.testStale
+FAULT_TESTS := FaultTests|TraceTests.testLoss|TraceTests.testEverythingInTheRing|TraceTests.testRecordsLeft|TraceTests.testFullFilesystem|TraceTests.testOutputFileAndPipe|TraceTests.testSigint|PtraceCorpusTests.testStale|ErrorTests.testPidThatExits|FollowForksTests.testChildren|PtraceCorpusTests.testForkVfork
 fault-stress: deps build targets
 	$(call repeat_tests,$(FAULT_RUNS),$(FAULT_TESTS),)
 
