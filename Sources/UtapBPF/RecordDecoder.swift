@@ -42,6 +42,7 @@ final class RecordDecoder {
             // The BPF side never writes one; decode it as an event of no probe.
             event = Self.emptyEvent
             event.probe = -1
+            lastComm = nil  // event.comm is no longer the one it names
             return
         }
         event.timestampNs = record.loadUnaligned(fromByteOffset: 0, as: UInt64.self)

@@ -80,8 +80,6 @@ struct StopConditions {
     }
 }
 
-/// Drives a streaming session: polls events into the writer until a stop condition,
-/// reports loss as it appears, then detaches and writes the summary.
 /// Events delivered, per probe and in all. A class with unchecked properties rather than
 /// variables captured by the delivery closure: those were boxed and checked for
 /// exclusivity at run time on every event.
@@ -100,6 +98,8 @@ private final class EventTally {
     }
 }
 
+/// Drives a streaming session: polls events into the writer until a stop condition,
+/// reports loss as it appears, then detaches and writes the summary.
 struct TraceRunner {
     let live: LiveSession
     let writer: EventWriter
@@ -146,21 +146,18 @@ struct TraceRunner {
             }
         }
 
-        func pump(timeoutMs: Int32) throws -> StopReason? {
-            var delivered = 0
-            return try pump(timeoutMs: timeoutMs, delivered: &delivered)
-        }
-
-        func pump(timeoutMs: Int32, delivered: inout Int) throws -> StopReason? {
+        /// One poll into the writer: why to stop, if the output says so, and how many
+        /// events it delivered.
+        func pump(timeoutMs: Int32) throws -> (stop: StopReason?, delivered: Int) {
             do {
-                delivered = try session.poll(timeoutMs: timeoutMs, deliver: deliver)
+                let delivered = try session.poll(timeoutMs: timeoutMs, deliver: deliver)
                 try writer.flush()
+                return (nil, delivered)
             } catch is EnoughEvents {
-                return .maxEvents
+                return (.maxEvents, 0)
             } catch OutputError.brokenPipe {
-                return .outputClosed
+                return (.outputClosed, 0)
             }
-            return nil
         }
 
         /// Everything the probes recorded before the stop. They are removed first: with a
@@ -172,14 +169,13 @@ struct TraceRunner {
             let deadline = budgetNs.map { monotonicNow() + $0 }
             while true {
                 if let deadline, monotonicNow() >= deadline {
-                    unread = zip(unread, session.discardPending()).map { $0 + $1 }
+                    unread = session.discardPending()
                     let count = unread.reduce(0, +)
                     if count > 0 { warn("\(count) events recorded before the stop were not written (counted as lost)") }
                     return nil
                 }
-                var delivered = 0
-                if let stop = try pump(timeoutMs: 0, delivered: &delivered) { return stop }
-                if delivered == 0 { return nil }
+                let pass = try pump(timeoutMs: 0)
+                if pass.stop != nil || pass.delivered == 0 { return pass.stop }
             }
         }
 
@@ -188,7 +184,7 @@ struct TraceRunner {
                 let now = monotonicNow()
                 let slow = now >= nextSlowCheck
                 stop = stops.check(processToo: slow)
-                if stop == nil { stop = try pump(timeoutMs: Self.pollIntervalMs) }
+                if stop == nil { stop = try pump(timeoutMs: Self.pollIntervalMs).stop }
                 if slow, stop != .outputClosed {
                     try reportLoss()
                     nextSlowCheck = now + Self.slowCheckNs
