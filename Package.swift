@@ -16,7 +16,7 @@ let package = Package(
         .target(name: "UtapCore", dependencies: ["CLibbpf", "CZydis", "CUtapSys"],
                 // __cxa_demangle, the C++ runtime's demangler.
                 linkerSettings: [.linkedLibrary("stdc++")]),
-        .target(name: "UtapBPF", dependencies: ["UtapCore", "UtapABI", "UtapBPFObject", "CLibbpf"]),
+        .target(name: "UtapBPF", dependencies: ["UtapCore", "UtapABI", "UtapBPFObject", "CLibbpf", "CUtapSys"]),
         .target(name: "UtapOutput", dependencies: ["UtapCore"]),
         .target(name: "UtapPtrace", dependencies: ["UtapCore", "CUtapSys"]),
         .executableTarget(name: "utap", dependencies: [
@@ -26,6 +26,7 @@ let package = Package(
         .testTarget(name: "UtapCoreTests", dependencies: ["UtapCore"]),
         .testTarget(name: "UtapOutputTests", dependencies: ["UtapOutput", "UtapCore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["UtapCore"]),
+        .testTarget(name: "UtapBPFTests", dependencies: ["UtapBPF", "UtapCore"]),
         .testTarget(name: "UtapPtraceTests", dependencies: ["UtapPtrace", "UtapCore"]),
     ],
     swiftLanguageModes: [.v5]

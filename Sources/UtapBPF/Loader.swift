@@ -25,7 +25,11 @@ final class BPFSession: TraceSession {
     private let path = AttachPath.preferred
     private var object: OpaquePointer?
     private var links: [LiveLink] = []
-    private var ring: OpaquePointer?
+    private var rings: RingSet?
+    /// The ring buffer maps, one per online CPU (the `events` map holds them too).
+    private var ringFDs: [Int32] = []
+    private let ringCPUs = BPFSession.onlineCPUs()
+    private var ringBytes: Int { RingSet.ringBytes(totalBytes: plan.bufferBytes, rings: ringCPUs.count) }
     private let decoder: RecordDecoder
     /// The event each record is decoded into, reused so that a record allocates nothing;
     /// behind a pointer, so a record costs no exclusivity check on it either.
@@ -82,7 +86,12 @@ final class BPFSession: TraceSession {
         try setMaxEntries("lost", count)
         try setMaxEntries("counts", count)
         try setMaxEntries("hists", count)
-        try setMaxEntries("events", UInt32(plan.bufferBytes))
+        try setMaxEntries("events", UInt32(max(cpuCount, (ringCPUs.max() ?? 0) + 1)))
+        try createRings()
+        // The first ring is the template of the map's values (its type and size).
+        if bpf_map__set_inner_map_fd(map("events"), ringFDs[0]) != 0 {
+            throw LibbpfLog.error("cannot size the ring buffers", errno: errno)
+        }
         // Preallocated maps cost kernel memory (the pending-call table alone is ~17 MB):
         // the ones this session does not use get a single entry.
         let pairs = attachments.contains { $0.config.flags & UInt32(UTAP_PROBE_PUSH_TS.rawValue) != 0 }
@@ -109,6 +118,7 @@ final class BPFSession: TraceSession {
                                   hint: "run 'utap doctor' to see what this kernel supports")
         }
         try writeFilter()
+        try installRings()
         let probesFD = bpf_map__fd(map("probes"))
         for (cookie, attachment) in attachments.enumerated() {
             var key = UInt32(cookie)
@@ -254,30 +264,56 @@ final class BPFSession: TraceSession {
                         hint: code == ESRCH ? "the process exited" : nil)
     }
 
-    private func openRing() throws(UtapError) {
-        let fd = bpf_map__fd(map("events"))
-        let context = Unmanaged.passUnretained(self).toOpaque()
-        guard let rb = ring_buffer__new(fd, { ctx, data, size in
-            guard let ctx, let data else { return 0 }
-            // The session outlives its ring buffer: no retain per record.
-            return Unmanaged<BPFSession>.fromOpaque(ctx)._withUnsafeGuaranteedRef {
-                $0.handle(UnsafeRawBufferPointer(start: data, count: Int(size)))
-            }
-        }, context, nil) else {
-            throw LibbpfLog.error("cannot open the ring buffer", errno: errno)
+    /// The CPUs a thread can run on now; a CPU brought online later has no ring, and its
+    /// records are counted lost.
+    static func onlineCPUs() -> [Int] {
+        if case .success(let bytes) = readFileBytes("/sys/devices/system/cpu/online"),
+           let line = String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isWhitespace).first,
+           let cpus = RingSet.cpus(inList: String(line)),
+           !cpus.isEmpty {
+            return cpus
         }
-        ring = rb
+        return Array(0..<max(Int(libbpf_num_possible_cpus()), 1))
+    }
+
+    /// One ring buffer per online CPU.
+    private func createRings() throws(UtapError) {
+        for cpu in ringCPUs {
+            let fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "utap_ring", 0, 0, UInt32(ringBytes), nil)
+            guard fd >= 0 else {
+                throw LibbpfLog.error("cannot create a \(ringBytes >> 10) KiB ring buffer for CPU \(cpu)", errno: errno,
+                                      hint: "try a smaller --buffer-mb")
+            }
+            ringFDs.append(fd)
+        }
+    }
+
+    /// Each ring into `events` at its CPU's index.
+    private func installRings() throws(UtapError) {
+        let events = bpf_map__fd(map("events"))
+        for (cpu, fd) in zip(ringCPUs, ringFDs) {
+            var key = UInt32(cpu)
+            var value = UInt32(fd)
+            if bpf_map_update_elem(events, &key, &value, UInt64(BPF_ANY)) != 0 {
+                throw LibbpfLog.error("cannot install the ring buffer of CPU \(cpu)", errno: errno)
+            }
+        }
+    }
+
+    private func openRing() throws(UtapError) {
+        rings = try RingSet(fds: ringFDs, size: ringBytes)
     }
 
     /// Records handed over per poll at most: producers faster than the reader must not
     /// keep one consume pass (and the stop checks after it) from ever ending.
     static let maxBatch = 16384
 
-    private func handle(_ record: UnsafeRawBufferPointer) -> Int32 {
+    /// Delivers one record; false ends the read (after this record, which is consumed).
+    private func handle(_ record: UnsafeRawBufferPointer) -> Bool {
         if discarded != nil {
             let probe = Int(RecordDecoder.probeIndex(record))
             if discarded!.indices.contains(probe) { discarded![probe] += 1 }
-            return 0
+            return true
         }
         // Moved out and back rather than used in place: a read through the pointer copied
         // the event (a retain and release per field array) on every record.
@@ -292,37 +328,34 @@ final class BPFSession: TraceSession {
         scratch.initialize(to: consume event)
         if let failure {
             deliverError = failure
-            return -1 // ends this consume pass (this record is consumed); the rest stays in the ring
+            return false // the rest stays in the rings
         }
         delivered += 1
-        // Negative ends this pass after this record (already consumed and delivered).
-        return delivered < Self.maxBatch ? 0 : -EAGAIN
+        return true
     }
 
     func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int {
-        guard let ring else { return 0 }
+        guard let rings else { return 0 }
         delivered = 0
         deliverError = nil
         try withoutActuallyEscaping(deliver) { (callback: @escaping (Event) throws -> Void) in
             self.deliver = callback
             defer { self.deliver = Self.deliverNowhere }
-            // Producers do not wake us per record (see bpf/utap.bpf.c); poll waits for a
-            // forced wake-up or the timeout, then consume drains whatever is pending.
-            _ = ring_buffer__poll(ring, timeoutMs)
-            if deliverError == nil {
-                _ = ring_buffer__consume(ring)
-            }
+            // Producers do not wake us per record (see bpf/utap.bpf.c): wait for a forced
+            // wake-up or the timeout, then read what was recorded until now.
+            rings.wait(timeoutMs: timeoutMs)
+            _ = rings.read(before: monotonicNow(), limit: Self.maxBatch) { handle($0) }
             if let error = deliverError { throw error }
         }
         return delivered
     }
 
     func discardPending() -> [UInt64] {
-        guard let ring else { return [UInt64](repeating: 0, count: plan.probes.count) }
+        guard let rings else { return [UInt64](repeating: 0, count: plan.probes.count) }
         discarded = [UInt64](repeating: 0, count: plan.probes.count)
         defer { discarded = nil }
-        // The probes are gone: what is left is finite, and no pass is cut short.
-        while ring_buffer__consume(ring) > 0 {}
+        // The probes are gone: what is left is finite, and all of it is complete.
+        _ = rings.read(before: .max, limit: .max) { handle($0) }
         return discarded!
     }
 
@@ -413,10 +446,9 @@ final class BPFSession: TraceSession {
 
     func detach() {
         removeProbes()
-        if let ring {
-            ring_buffer__free(ring)
-            self.ring = nil
-        }
+        rings = nil
+        for fd in ringFDs { close(fd) }
+        ringFDs = []
         if let object {
             bpf_object__close(object)
             self.object = nil

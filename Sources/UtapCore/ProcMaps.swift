@@ -82,14 +82,14 @@ public enum ProcMaps {
 }
 
 /// A failed system call while reading a file: its errno.
-struct FileReadError: Error, CustomStringConvertible {
-    var code: Int32
-    var description: String { String(cString: strerror(code)) }
+public struct FileReadError: Error, CustomStringConvertible {
+    public var code: Int32
+    public var description: String { String(cString: strerror(code)) }
 }
 
 /// The whole contents of a file, read until EOF (so /proc files, which report size 0,
 /// come out whole).
-func readFileBytes(_ path: String) -> Result<[UInt8], FileReadError> {
+public func readFileBytes(_ path: String) -> Result<[UInt8], FileReadError> {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return .failure(FileReadError(code: errno)) }
     defer { close(fd) }

@@ -33,7 +33,9 @@ struct Doctor: ParsableCommand {
                   + (missing.isEmpty ? "" : "; missing \(missing.joined(separator: " "))")),
             Check(ok: libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_KPROBE, nil) == 1, what: "bpf() syscall loads uprobe programs"),
             Check(ok: access("/sys/bus/event_source/devices/uprobe/type", R_OK) == 0, what: "uprobe perf PMU (/sys/bus/event_source/devices/uprobe)"),
-            Check(ok: libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1, what: "BPF ring buffer"),
+            Check(ok: libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1
+                    && libbpf_probe_bpf_map_type(BPF_MAP_TYPE_ARRAY_OF_MAPS, nil) == 1,
+                  what: "BPF ring buffers, one per CPU (ring buffer and array-of-maps map types)"),
             Check(ok: libbpf_probe_bpf_helper(BPF_PROG_TYPE_KPROBE, BPF_FUNC_get_attach_cookie, nil) == 1, what: "attach cookies (bpf_get_attach_cookie)"),
             Check(ok: access("/sys/kernel/btf/vmlinux", R_OK) == 0, what: "kernel BTF (/sys/kernel/btf/vmlinux)"),
         ]

@@ -47,7 +47,7 @@ struct Trace: ParsableCommand {
     @Option(help: "Stop after N events.")
     var maxEvents: UInt64?
 
-    @Option(help: "Ring buffer size in MiB (bpf), a power of two.")
+    @Option(help: "Ring buffer size in MiB (bpf), a power of two, split over the CPUs' rings.")
     var bufferMb: Int = 32
 
     func run() throws {

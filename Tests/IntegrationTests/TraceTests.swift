@@ -175,6 +175,22 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// Each CPU has its own ring buffer: threads that hop between CPUs every 50 calls
+    /// spread their records over every ring, yet each thread's events come out in the
+    /// order it made them.
+    func testThreadsMovingBetweenCPUsKeepTheirOrder() throws {
+        let calls = 20_000
+        let r = try trace(["hop t=arg0:s32 i=arg1"], "migrate", [String(calls)])
+        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        XCTAssertTrue(r.stdout.contains("total=\(2 * calls) cpus=\(min(cpus, 64))"), r.stdout)
+        let events = r.events("hop")
+        XCTAssertEqual(events.count, 2 * calls)
+        for t in 0..<2 {
+            XCTAssertEqual(events.filter { $0.int("t") == Int64(t) }.map { $0.int("i")! }, Array(0..<Int64(calls)), "thread \(t)")
+        }
+        XCTAssertEqual(r.summary?["lost"] as? Int, 0)
+    }
+
     func testPidSeesEveryThreadOfARunningProcess() throws {
         try Harness.eachBackend { backend in
             let target = try Harness.WaitingTarget("threads", ["2000"])

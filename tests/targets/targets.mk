@@ -37,6 +37,7 @@ TARGETS_BINS := \
 	$(TARGETS_OUT)/args_O0 \
 	$(TARGETS_OUT)/args_clang \
 	$(TARGETS_OUT)/threads \
+	$(TARGETS_OUT)/migrate \
 	$(TARGETS_OUT)/libutaptest.so.1 \
 	$(TARGETS_OUT)/libutaptest.so \
 	$(TARGETS_OUT)/uselib \
@@ -73,6 +74,9 @@ $(TARGETS_OUT)/args_clang: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT
 # --- threads -----------------------------------------------------------------
 
 $(TARGETS_OUT)/threads: $(TARGETS_SRC)/threads.c $(TARGETS_DEPS) | $(TARGETS_OUT)
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_threads) -o $@ $<
+
+$(TARGETS_OUT)/migrate: $(TARGETS_SRC)/migrate.c $(TARGETS_DEPS) | $(TARGETS_OUT)
 	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_threads) -o $@ $<
 
 # --- shared library + user ---------------------------------------------------

@@ -1,5 +1,6 @@
 #ifndef UTAP_SYS_H
 #define UTAP_SYS_H
+#include <sys/epoll.h>
 #include <sys/types.h>
 
 /*
@@ -45,4 +46,24 @@ int utap_uprobe_multi_link(int prog_fd, const char *path, const unsigned long *o
  * ptrace() returns (-1 with errno on failure).
  */
 long utap_ptrace(int request, pid_t pid, void *addr, void *data);
+
+/*
+ * Loads and stores ordered against the other side of a BPF ring buffer (the kernel's
+ * smp_load_acquire / smp_store_release pairing), which Swift cannot express on memory it
+ * does not own.
+ */
+static inline unsigned long long utap_load_acquire_u64(const void *p)
+{
+    return __atomic_load_n((const unsigned long long *)p, __ATOMIC_ACQUIRE);
+}
+
+static inline unsigned int utap_load_acquire_u32(const void *p)
+{
+    return __atomic_load_n((const unsigned int *)p, __ATOMIC_ACQUIRE);
+}
+
+static inline void utap_store_release_u64(void *p, unsigned long long v)
+{
+    __atomic_store_n((unsigned long long *)p, v, __ATOMIC_RELEASE);
+}
 #endif
