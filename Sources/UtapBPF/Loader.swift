@@ -31,19 +31,8 @@ final class BPFSession: TraceSession {
     private let ringCPUs = BPFSession.onlineCPUs()
     private var ringBytes: Int { RingSet.ringBytes(totalBytes: plan.bufferBytes, rings: ringCPUs.count) }
     private let decoder: RecordDecoder
-    /// The event each record is decoded into, reused so that a record allocates nothing;
-    /// behind a pointer, so a record costs no exclusivity check on it either.
+    /// The event each record is decoded into, reused so that a record allocates nothing.
     private let scratch: UnsafeMutablePointer<Event>
-    // Set only during poll: the C callback forwards records here. Not optional: a closure
-    // in an Optional is stored generically and each call went through a thunk that
-    // copied the event (perf).
-    // Per-record state is unchecked: only `handle` touches it, never overlapping, and the
-    // runtime exclusivity checks were a tenth of the reader's instructions (callgrind).
-    @exclusivity(unchecked) private var deliver: (Event) throws -> Void = BPFSession.deliverNowhere
-    private var deliverError: Error?
-    @exclusivity(unchecked) private var delivered = 0
-    /// Set by `discardPending`: records are counted per probe instead of delivered.
-    @exclusivity(unchecked) private var discarded: [UInt64]?
 
     init(plan: TracePlan) throws(UtapError) {
         self.plan = plan
@@ -67,8 +56,6 @@ final class BPFSession: TraceSession {
         scratch.deinitialize(count: 1)
         scratch.deallocate()
     }
-
-    private static func deliverNowhere(_ event: Event) {}
 
     private func load() throws(UtapError) {
         var opts = bpf_object_open_opts()
@@ -308,55 +295,40 @@ final class BPFSession: TraceSession {
     /// keep one consume pass (and the stop checks after it) from ever ending.
     static let maxBatch = 16384
 
-    /// Delivers one record; false ends the read (after this record, which is consumed).
-    private func handle(_ record: UnsafeRawBufferPointer) -> Bool {
-        if discarded != nil {
-            let probe = Int(RecordDecoder.probeIndex(record))
-            if discarded!.indices.contains(probe) { discarded![probe] += 1 }
-            return true
-        }
-        // Moved out and back rather than used in place: a read through the pointer copied
-        // the event (a retain and release per field array) on every record.
-        var event = scratch.move()
-        decoder.decode(record, into: &event)
-        var failure: Error?
-        do {
-            try deliver(event)
-        } catch {
-            failure = error
-        }
-        scratch.initialize(to: consume event)
-        if let failure {
-            deliverError = failure
-            return false // the rest stays in the rings
-        }
-        delivered += 1
-        return true
-    }
-
+    /// The rings are read in place and each record handed to `deliver` as it is decoded:
+    /// no closure or event is stored in the session, since reading one from a property
+    /// retained and released it on every record (a fifth of the reader's time, perf).
     func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int {
         guard let rings else { return 0 }
-        delivered = 0
-        deliverError = nil
-        try withoutActuallyEscaping(deliver) { (callback: @escaping (Event) throws -> Void) in
-            self.deliver = callback
-            defer { self.deliver = Self.deliverNowhere }
-            // Producers do not wake us per record (see bpf/utap.bpf.c): wait for a forced
-            // wake-up or the timeout, then read what was recorded until now.
-            rings.wait(timeoutMs: timeoutMs)
-            _ = rings.read(before: monotonicNow(), limit: Self.maxBatch) { handle($0) }
-            if let error = deliverError { throw error }
+        // Producers do not wake us per record (see bpf/utap.bpf.c): wait for a forced
+        // wake-up or the timeout, then read what was recorded until now.
+        rings.wait(timeoutMs: timeoutMs)
+        var failure: Error?
+        let delivered = rings.read(before: monotonicNow(), limit: Self.maxBatch) { record in
+            // Moved out and back: an event read in place, or captured, is copied per record.
+            var event = scratch.move()
+            decoder.decode(record, into: &event)
+            do {
+                try deliver(event)
+            } catch {
+                failure = error
+            }
+            scratch.initialize(to: consume event)
+            return failure == nil // false: the rest stays in the rings
         }
+        if let failure { throw failure }
         return delivered
     }
 
     func discardPending() -> [UInt64] {
-        guard let rings else { return [UInt64](repeating: 0, count: plan.probes.count) }
-        discarded = [UInt64](repeating: 0, count: plan.probes.count)
-        defer { discarded = nil }
+        var discarded = [UInt64](repeating: 0, count: plan.probes.count)
         // The probes are gone: what is left is finite, and all of it is complete.
-        _ = rings.read(before: .max, limit: .max) { handle($0) }
-        return discarded!
+        _ = rings?.read(before: .max, limit: .max) { record in
+            let probe = Int(RecordDecoder.probeIndex(record))
+            if discarded.indices.contains(probe) { discarded[probe] += 1 }
+            return true
+        }
+        return discarded
     }
 
     func lostCounts() -> [UInt64] {

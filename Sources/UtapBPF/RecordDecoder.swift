@@ -58,20 +58,19 @@ final class RecordDecoder {
         let types = index + 1 < fieldStart.count ? fieldStart[index]..<fieldStart[index + 1] : 0..<0
         // Overwritten in place (records of one probe follow each other): removeAll and
         // append went through Array's generic range replacement on every record.
-        var count = 0
-        for t in types {
-            let at = Int(UTAP_EVENT_HEADER_SIZE) + count * 8
-            guard at + 8 <= record.count else { break }
-            let field = value(record.loadUnaligned(fromByteOffset: at, as: UInt64.self),
-                              type: fieldTypes[t], record: record, pid: pid)
-            if count < event.fields.count {
-                event.fields[count] = field
-            } else {
-                event.fields.append(field)
-            }
-            count += 1
+        let count = min(types.count, (record.count - Int(UTAP_EVENT_HEADER_SIZE)) / 8)
+        if event.fields.count != count {
+            event.fields = [FieldValue](repeating: .unsigned(0), count: count)
         }
-        if event.fields.count > count { event.fields.removeLast(event.fields.count - count) }
+        // One uniqueness check per record, not one per field.
+        fieldTypes.withUnsafeBufferPointer { fieldTypes in
+            event.fields.withUnsafeMutableBufferPointer { fields in
+                for i in 0..<count {
+                    let raw = record.loadUnaligned(fromByteOffset: Int(UTAP_EVENT_HEADER_SIZE) + i * 8, as: UInt64.self)
+                    fields[i] = value(raw, type: fieldTypes[types.lowerBound + i], record: record, pid: pid)
+                }
+            }
+        }
         setComm(record, of: &event)
         event.latencyNs = flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil
         event.stack = flags & UInt16(UTAP_EVENT_STACK.rawValue) != 0 ? stack(record, pid: pid) : nil

@@ -22,7 +22,8 @@ public enum FieldValue: Equatable, Sendable {
 
 extension FieldValue {
     /// A register-sized raw value interpreted as `type` (not for strings, which are read
-    /// through the pointer).
+    /// through the pointer). Inlinable: the bpf reader calls it for every field.
+    @inlinable
     public static func integer(_ raw: UInt64, as type: FieldType) -> FieldValue {
         switch type {
         case .s8: return .signed(Int64(Int8(truncatingIfNeeded: raw)))

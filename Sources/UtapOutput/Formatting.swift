@@ -45,6 +45,15 @@ extension OutputBuffer {
         }
     }
 
+    /// Appends the last `2 * pairs` decimal digits of `value`, leading zeros included.
+    @inline(__always)
+    func appendDigitPairs(_ value: UInt32, pairs: Int) {
+        let start = reserve(2 * pairs)
+        var cursor = start + 2 * pairs
+        writeDigitPairs(value, pairs: pairs, endingAt: &cursor)
+        commit(2 * pairs)
+    }
+
     /// Appends `value` in decimal with a leading `-` when negative (Int64.min included).
     public func appendDecimal(_ value: Int64) {
         if value < 0 { append(0x2D) }
@@ -74,6 +83,32 @@ extension OutputBuffer {
     }
 }
 
+/// Decimal text of nanosecond timestamps, for a stream of them that rarely goes back:
+/// the digits above the last six are kept from the previous timestamp (they change once
+/// a millisecond), so most timestamps cost six digits, not fourteen or more.
+final class TimestampDecimals {
+    private var high = UInt64.max
+    private let highText = UnsafeMutablePointer<UInt8>.allocate(capacity: 20)
+    private var highCount = 0
+
+    deinit { highText.deallocate() }
+
+    func append(_ value: UInt64, to output: OutputBuffer) {
+        let high = value / 1_000_000
+        guard high > 0 else { return output.appendDecimal(value) }
+        if high != self.high {
+            let start = output.bufferedCount
+            output.appendDecimal(high)
+            highCount = output.bufferedCount - start
+            output.copyBuffered(from: start, count: highCount, to: highText)
+            self.high = high
+        } else {
+            output.append(UnsafeBufferPointer(start: highText, count: highCount))
+        }
+        output.appendDigitPairs(UInt32(truncatingIfNeeded: value - high * 1_000_000), pairs: 3)
+    }
+}
+
 /// Digits `value` needs in decimal: estimated from its bit length (log10(2) ~ 1233/4096),
 /// then corrected by one comparison, instead of a loop of divisions.
 @inline(__always)
@@ -86,8 +121,14 @@ func decimalDigitCount(_ value: UInt64) -> Int {
     return odd < powersOfTen[estimate] ? estimate : estimate + 1
 }
 
-/// 10^0 ... 10^19: what `decimalDigitCount` compares with.
-private let powersOfTen: [UInt64] = (0...19).map { (0..<$0).reduce(1) { power, _ in power * 10 } }
+/// 10^0 ... 10^19: what `decimalDigitCount` compares with. Literals, so the table is
+/// laid out at compile time: a computed one cost a lazy-initialisation check per use.
+private let powersOfTen: [UInt64] = [
+    1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000,
+    10_000_000_000, 100_000_000_000, 1_000_000_000_000, 10_000_000_000_000, 100_000_000_000_000,
+    1_000_000_000_000_000, 10_000_000_000_000_000, 100_000_000_000_000_000,
+    1_000_000_000_000_000_000, 10_000_000_000_000_000_000,
+]
 
 /// "00" through "99", for writing decimals two digits at a time; a literal, so reading
 /// it costs no lazy initialisation.

@@ -14,6 +14,7 @@ public final class JSONWriter: EventWriter {
     private let probes: [ProbeDescriptor]
     private let texts: ProbeTexts
     private let threadTexts = ThreadTextCache()
+    private let timestamps = TimestampDecimals()
     private let output: OutputBuffer
 
     public init(probes: [ProbeDescriptor], output: OutputBuffer) {
@@ -38,7 +39,7 @@ public final class JSONWriter: EventWriter {
 
     public func write(_ event: Event) throws {
         output.append(#"{"type":"event","ts_ns":"#)
-        output.appendDecimal(event.timestampNs)
+        timestamps.append(event.timestampNs, to: output)
         threadTexts.append(event, to: output) { output in
             output.append(#","pid":"#)
             output.appendDecimal(Int64(event.pid))

@@ -80,21 +80,27 @@ struct StopConditions {
     }
 }
 
-/// Events delivered, per probe and in all. A class with unchecked properties rather than
-/// variables captured by the delivery closure: those were boxed and checked for
-/// exclusivity at run time on every event.
+/// Events delivered, per probe and in all. A class rather than variables captured by the
+/// delivery closure (those were boxed and checked for exclusivity on every event); the
+/// per-probe counts behind a pointer, so counting an event costs no uniqueness check.
 private final class EventTally {
-    @exclusivity(unchecked) private(set) var counts: [UInt64]
+    private let slots: UnsafeMutableBufferPointer<UInt64>
     @exclusivity(unchecked) private(set) var total: UInt64 = 0
 
     init(probes: Int) {
-        counts = [UInt64](repeating: 0, count: probes)
+        slots = .allocate(capacity: probes)
+        slots.initialize(repeating: 0)
     }
 
+    deinit { slots.deallocate() }
+
+    var counts: [UInt64] { Array(slots) }
+
+    @inline(__always)
     func count(_ probe: Int) {
         // An index no probe has (a stale breakpoint) is written but not counted.
-        if counts.indices.contains(probe) { counts[probe] += 1 }
-        total += 1
+        if probe >= 0, probe < slots.count { slots[probe] &+= 1 }
+        total &+= 1
     }
 }
 
