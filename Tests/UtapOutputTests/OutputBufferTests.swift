@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import UtapCore
-import UtapOutput
+@testable import UtapOutput
 import XCTest
 
 final class OutputBufferTests: XCTestCase {
@@ -25,6 +25,23 @@ final class OutputBufferTests: XCTestCase {
 
     /// Every power of ten and its neighbours, and the 8-digit group boundaries, against
     /// the standard library's rendering, with and without zero padding.
+    /// Timestamps keep the digits above their last six from the one before: a stream that
+    /// crosses millisecond, power-of-ten and backwards steps reads as plain decimals.
+    func testTimestampsReuseTheirHighDigitsOnlyWhenTheyMatch() throws {
+        var values: [UInt64] = [0, 5, 999_999, 1_000_000, 1_000_001, 1_999_999, 2_000_000, 2_000_007,
+                                29_388_155_387_157, 29_388_155_387_158, 29_388_156_000_001, 29_388_155_000_009,
+                                9_999_999_999, 10_000_000_000, 10_000_000_001, 999_999, 1_000_042, .max, .max - 1]
+        values += (0..<50).map { 1_700_000_000_000_000_000 + UInt64($0) * 333_333 }
+        let timestamps = TimestampDecimals()
+        let out = try captured { out in
+            for value in values {
+                timestamps.append(value, to: out)
+                out.append(0x20)
+            }
+        }
+        assertBytes(out, values.map { String($0) + " " }.joined())
+    }
+
     func testDecimalsAtEveryDigitBoundary() throws {
         var values: [UInt64] = [0, 1, .max, .max - 1, 99_999_999, 100_000_000, 100_000_001,
                                 9_999_999_999_999_999, 10_000_000_000_000_000, 1_000_000_000_000_000_001]
