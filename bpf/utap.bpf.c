@@ -12,9 +12,9 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* utap's own process, set before load: a system-wide probe on write() must not see the
- * tracer's own output, or every event would cause another. */
-const volatile __u32 tracer_tgid = 0;
+/* Set by the loader before load (utap_abi.h). tracer_tgid: a system-wide probe on write()
+ * must not see the tracer's own output, or every event would cause another. */
+const volatile struct utap_settings settings = {};
 
 /* Sized by the loader before load (bpf_map__set_max_entries). */
 struct {
@@ -238,15 +238,87 @@ static __always_inline __u64 read_location(const struct utap_field_config *f, __
     }
 }
 
+/* The ring of the CPU this hit runs on, or NULL (a CPU brought online after the rings
+ * were made has none). */
+static __always_inline void *this_cpu_ring(void)
+{
+    __u32 cpu = bpf_get_smp_processor_id();
+    return bpf_map_lookup_elem(&events, &cpu);
+}
+
+/*
+ * Waking the reader per record costs an IPI per hit; the reader polls every few ms
+ * anyway, so wake it only when the ring is filling up.
+ */
+static __always_inline __u64 wake_flag(void *ring)
+{
+    return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) > settings.wake_bytes ? BPF_RB_FORCE_WAKEUP
+                                                                            : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void fill_header(struct utap_event *e, const struct utap_probe_config *cfg,
+                                        __u64 now, __u64 latency, __u16 flags)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    e->ts_ns = now;
+    e->latency_ns = latency;
+    e->pid = pid_tgid >> 32;
+    e->tid = (__u32)pid_tgid;
+    e->probe = cfg->probe;
+    e->flags = flags;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+/*
+ * A record of integer fields only (UTAP_PROBE_INTEGERS), reserved in the ring and written
+ * there: no copy through the scratch buffer. The verifier needs a constant size, so the
+ * size is rounded up to 2, 4 or 6 fields; the reader takes the count from the probe.
+ */
+static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap_probe_config *cfg,
+                                          __u64 now, __u64 latency, __u16 flags)
+{
+    void *ring = this_cpu_ring();
+    if (!ring) {
+        count_lost(cfg->probe);
+        return;
+    }
+    __u32 nfields = cfg->nfields;
+    struct utap_event *e;
+    if (nfields <= 2)
+        e = bpf_ringbuf_reserve(ring, UTAP_EVENT_HEADER_SIZE + 2 * 8, 0);
+    else if (nfields <= 4)
+        e = bpf_ringbuf_reserve(ring, UTAP_EVENT_HEADER_SIZE + 4 * 8, 0);
+    else
+        e = bpf_ringbuf_reserve(ring, sizeof(struct utap_event), 0);
+    if (!e) {
+        count_lost(cfg->probe);
+        return;
+    }
+    __u64 regs[8];
+    load_sources(ctx, regs);
+    fill_header(e, cfg, now, latency, flags);
+    for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
+        if (i >= nfields)
+            break;
+        const struct utap_field_config *f = &cfg->fields[i];
+        e->values[i] = f->location == UTAP_LOC_CONSTANT ? (__u64)f->value : regs[f->source & 7];
+    }
+    e->size = UTAP_EVENT_HEADER_SIZE + 8 * (nfields < UTAP_MAX_FIELDS ? nfields : UTAP_MAX_FIELDS);
+    bpf_ringbuf_submit(e, wake_flag(ring));
+}
+
 static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_config *cfg,
                                  __u64 now, __u64 latency, __u16 flags)
 {
+    if (cfg->flags & UTAP_PROBE_INTEGERS) {
+        emit_integers(ctx, cfg, now, latency, flags);
+        return;
+    }
     __u32 zero = 0;
     struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
     if (!s)
         return;
     struct utap_event *e = (struct utap_event *)s->buf;
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 nfields = cfg->nfields;
     if (nfields > UTAP_MAX_FIELDS)
         nfields = UTAP_MAX_FIELDS;
@@ -256,14 +328,7 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
     load_sources(ctx, regs);
     if (cfg->flags & UTAP_PROBE_ALL_REGS)
         bpf_probe_read_kernel(s->pt_regs, 8 * UTAP_PT_REGS_SLOTS, ctx);
-
-    e->ts_ns = now;
-    e->latency_ns = latency;
-    e->pid = pid_tgid >> 32;
-    e->tid = (__u32)pid_tgid;
-    e->probe = cfg->probe;
-    e->flags = flags;
-    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    fill_header(e, cfg, now, latency, flags);
 
     /* A bounded loop: the verifier walks it, no unrolling needed. */
     for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
@@ -312,21 +377,8 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
     off &= UTAP_RECORD_MAX - 1;
     e->size = off;
 
-    /* A CPU without a ring (brought online after the rings were made) loses the record. */
-    __u32 cpu = bpf_get_smp_processor_id();
-    void *ring = bpf_map_lookup_elem(&events, &cpu);
-    if (!ring) {
-        count_lost(cfg->probe);
-        return;
-    }
-    /*
-     * Waking the reader per record costs an IPI per hit; the reader polls every few ms
-     * anyway, so wake it only when the buffer is filling up.
-     */
-    __u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
-    __u64 size = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE);
-    __u64 wake = avail > size / 4 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_output(ring, s->buf, off, wake))
+    void *ring = this_cpu_ring();
+    if (!ring || bpf_ringbuf_output(ring, s->buf, off, wake_flag(ring)))
         count_lost(cfg->probe);
 }
 
@@ -490,7 +542,7 @@ __attribute__((noinline)) int passes_filter(struct pt_regs *ctx, __u64 latency, 
 /* What this hit should do, or NULL when it is utap's own process. */
 static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx)
 {
-    if (bpf_get_current_pid_tgid() >> 32 == tracer_tgid)
+    if (bpf_get_current_pid_tgid() >> 32 == settings.tracer_tgid)
         return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
     const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);

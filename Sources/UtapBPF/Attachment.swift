@@ -25,6 +25,7 @@ extension Attachment {
             case .stream:
                 config.flags = UInt32(UTAP_PROBE_EMIT.rawValue) | (plan.userStacks ? UInt32(UTAP_PROBE_STACK.rawValue) : 0)
                     | (needsAllRegisters(probe.fields) ? UInt32(UTAP_PROBE_ALL_REGS.rawValue) : 0)
+                    | (!plan.userStacks && onlyIntegers(probe.fields) ? UInt32(UTAP_PROBE_INTEGERS.rawValue) : 0)
                 config.nfields = UInt32(probe.fields.count)
                 withUnsafeMutableBytes(of: &config.fields) { raw in
                     let fields = raw.bindMemory(to: utap_field_config.self)
@@ -91,6 +92,18 @@ extension Attachment {
             c.kind = UInt8(UTAP_FIELD_INT.rawValue)
         }
         return c
+    }
+
+    /// Whether every field is an argument, the return value or a constant, read as an
+    /// integer: such a record has a fixed size and is written straight into the ring.
+    static func onlyIntegers(_ fields: [FieldSpec]) -> Bool {
+        fields.allSatisfy { field in
+            if case .string = field.type { return false }
+            switch field.source {
+            case .arg, .ret, .location(.constant): return true
+            case .location: return false
+            }
+        }
     }
 
     /// Whether a field reads a register outside the argument set (the BPF side then

@@ -88,7 +88,7 @@ final class BPFSession: TraceSession {
             try setMaxEntries("pid_comm", 1)
         }
         if !plan.followForks { try setMaxEntries("traced", 1) }
-        try setTracerPid(getpid())
+        try writeSettings()
         for name in ["utap_fork", "utap_exit"] {
             bpf_program__set_autoload(bpf_object__find_program_by_name(obj, name), plan.followForks)
         }
@@ -144,19 +144,23 @@ final class BPFSession: TraceSession {
         }
     }
 
-    /// Writes `tracer_tgid` in the object's read-only data before load.
-    private func setTracerPid(_ pid: Int32) throws(UtapError) {
+    /// Writes `settings` (utap_abi.h) in the object's read-only data before load.
+    private func writeSettings() throws(UtapError) {
         var rodata: OpaquePointer?
         while let next = bpf_object__next_map(object, rodata) {
             rodata = next
             if String(cString: bpf_map__name(next)).hasSuffix(".rodata") { break }
         }
         var size = 0
-        guard let rodata, let data = bpf_map__initial_value(rodata, &size), size >= 4 else {
-            throw .runtime("the embedded BPF object has no tracer_tgid setting", hint: "rebuild utap ('make bpf build')")
+        guard let rodata, let data = bpf_map__initial_value(rodata, &size),
+              size >= MemoryLayout<utap_settings>.size else {
+            throw .runtime("the embedded BPF object has no settings", hint: "rebuild utap ('make bpf build')")
         }
-        // tracer_tgid is the only read-only global, at offset 0.
-        UnsafeMutableRawPointer(mutating: data).storeBytes(of: UInt32(bitPattern: pid), as: UInt32.self)
+        var settings = utap_settings()
+        settings.tracer_tgid = UInt32(bitPattern: getpid())
+        settings.wake_bytes = UInt64(ringBytes / 4)
+        // `settings` is the only read-only global, at offset 0.
+        UnsafeMutableRawPointer(mutating: data).storeBytes(of: settings, as: utap_settings.self)
     }
 
     private func setMaxEntries(_ name: String, _ value: UInt32) throws(UtapError) {

@@ -85,6 +85,15 @@ enum utap_probe_flags {
     UTAP_PROBE_RET_SITE = 256, /* an entry-side probe on a `ret`: acts as the return probe */
     UTAP_PROBE_FILTERED = 512, /* the session has a --filter: run it before recording */
     UTAP_PROBE_FOLLOW = 1024,  /* --follow-forks: only processes in `traced` count */
+    UTAP_PROBE_INTEGERS = 2048, /* with EMIT: every field an argument, return value or constant
+                                 * read as an integer, no stack: the record is written in place */
+};
+
+/* Settings fixed before load, in the object's read-only data (`settings`). */
+struct utap_settings {
+    __u32 tracer_tgid;  /* utap's own process: its hits are ignored */
+    __u32 reserved;
+    __u64 wake_bytes;   /* wake the reader once a ring holds this much (a quarter of it) */
 };
 
 /*
