@@ -26,7 +26,7 @@ let package = Package(
         .testTarget(name: "UtapCoreTests", dependencies: ["UtapCore"]),
         .testTarget(name: "UtapOutputTests", dependencies: ["UtapOutput", "UtapCore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["UtapCore"]),
-        .testTarget(name: "UtapBPFTests", dependencies: ["UtapBPF", "UtapCore"]),
+        .testTarget(name: "UtapBPFTests", dependencies: ["UtapBPF", "UtapCore", "UtapABI"]),
         .testTarget(name: "UtapPtraceTests", dependencies: ["UtapPtrace", "UtapCore"]),
     ],
     swiftLanguageModes: [.v5]

@@ -302,13 +302,22 @@ final class BPFSession: TraceSession {
     /// The rings are read in place and each record handed to `deliver` as it is decoded:
     /// no closure or event is stored in the session, since reading one from a property
     /// retained and released it on every record (a fifth of the reader's time, perf).
-    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int {
+    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void,
+              deliverIntegers: (IntegerEvent) throws -> Void) throws -> Int {
         guard let rings else { return 0 }
         // Producers do not wake us per record (see bpf/utap.bpf.c): wait for a forced
         // wake-up or the timeout, then read what was recorded until now.
         rings.wait(timeoutMs: timeoutMs)
         var failure: Error?
         let delivered = rings.read(before: monotonicNow(), limit: Self.maxBatch) { record in
+            if let integers = decoder.integerEvent(record) {
+                do {
+                    try deliverIntegers(integers)
+                } catch {
+                    failure = error
+                }
+                return failure == nil
+            }
             // Moved out and back: an event read in place, or captured, is copied per record.
             var event = scratch.move()
             decoder.decode(record, into: &event)

@@ -5,17 +5,31 @@ import UtapCore
 /// Runs once per event: field types are kept in one flat array so decoding copies no
 /// reference-counted probe description.
 final class RecordDecoder {
-    private let fieldTypes: [FieldType]
+    /// Behind a pointer: an `IntegerEvent` refers to its probe's types in place.
+    private let fieldTypes: UnsafeMutableBufferPointer<FieldType>
     /// Probe i's field types are fieldTypes[fieldStart[i] ..< fieldStart[i + 1]].
     private let fieldStart: [Int]
+    /// Whether probe i's fields are all integers (no strings): its records can be handed
+    /// over as `IntegerEvent`s.
+    private let integersOnly: [Bool]
     private let memory = ProcessMemory()
     /// Only with --stack: it indexes the probed files' build IDs when made.
     private let symbolizer: Symbolizer?
 
     init(probes: [ResolvedProbe], stacks: Bool) {
-        fieldTypes = probes.flatMap { $0.fields.map(\.type) }
+        let types = probes.flatMap { $0.fields.map(\.type) }
+        fieldTypes = .allocate(capacity: types.count)
+        _ = fieldTypes.initialize(from: types)
         fieldStart = probes.reduce(into: [0]) { $0.append($0.last! + $1.fields.count) }
+        integersOnly = probes.map { probe in
+            !probe.fields.contains { if case .string = $0.type { return true } else { return false } }
+        }
         symbolizer = stacks ? Symbolizer(knownFiles: Array(Set(probes.map(\.path))).sorted()) : nil
+    }
+
+    deinit {
+        fieldTypes.deinitialize()
+        fieldTypes.deallocate()
     }
 
     /// The probe index of a record (all ones when it is too short to have one).
@@ -28,9 +42,33 @@ final class RecordDecoder {
 
     func decode(_ record: UnsafeRawBufferPointer) -> Event {
         var event = Self.emptyEvent
-        lastComm = nil
         decode(record, into: &event)
         return event
+    }
+
+    /// The record as an `IntegerEvent` reading its fields in place, or nil when it needs an
+    /// `Event`: a probe with string fields, a record with a stack, one too short.
+    @inline(__always)
+    func integerEvent(_ record: UnsafeRawBufferPointer) -> IntegerEvent? {
+        guard record.count >= Int(UTAP_EVENT_HEADER_SIZE) else { return nil }
+        let index = Int(Self.probeIndex(record))
+        let flags = record.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
+        guard index + 1 < fieldStart.count, integersOnly[index], flags & UInt16(UTAP_EVENT_STACK.rawValue) == 0 else {
+            return nil
+        }
+        let first = fieldStart[index]
+        let count = min(fieldStart[index + 1] - first, (record.count - Int(UTAP_EVENT_HEADER_SIZE)) / 8)
+        let latency = record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        return IntegerEvent(
+            timestampNs: record.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
+            pid: record.loadUnaligned(fromByteOffset: 16, as: Int32.self),
+            tid: record.loadUnaligned(fromByteOffset: 20, as: Int32.self),
+            comm: comm(record),
+            probe: index,
+            kind: flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry,
+            latencyNs: flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil,
+            values: record.baseAddress! + Int(UTAP_EVENT_HEADER_SIZE),
+            types: UnsafeBufferPointer(rebasing: fieldTypes[first..<(first + count)]))
     }
 
     /// Overwrites `event` with the record, reusing its fields' storage: the reader decodes
@@ -42,7 +80,6 @@ final class RecordDecoder {
             // The BPF side never writes one; decode it as an event of no probe.
             event = Self.emptyEvent
             event.probe = -1
-            lastComm = nil  // event.comm is no longer the one it names
             return
         }
         event.timestampNs = record.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
@@ -63,31 +100,33 @@ final class RecordDecoder {
             event.fields = [FieldValue](repeating: .unsigned(0), count: count)
         }
         // One uniqueness check per record, not one per field.
-        fieldTypes.withUnsafeBufferPointer { fieldTypes in
-            event.fields.withUnsafeMutableBufferPointer { fields in
-                for i in 0..<count {
-                    let raw = record.loadUnaligned(fromByteOffset: Int(UTAP_EVENT_HEADER_SIZE) + i * 8, as: UInt64.self)
-                    fields[i] = value(raw, type: fieldTypes[types.lowerBound + i], record: record, pid: pid)
-                }
+        event.fields.withUnsafeMutableBufferPointer { fields in
+            for i in 0..<count {
+                let raw = record.loadUnaligned(fromByteOffset: Int(UTAP_EVENT_HEADER_SIZE) + i * 8, as: UInt64.self)
+                fields[i] = value(raw, type: fieldTypes[types.lowerBound + i], record: record, pid: pid)
             }
         }
-        setComm(record, of: &event)
+        event.comm = comm(record)
         event.latencyNs = flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil
         event.stack = flags & UInt16(UTAP_EVENT_STACK.rawValue) != 0 ? stack(record, pid: pid) : nil
     }
 
-    /// The comm bytes `event.comm` was last made from: a thread's name rarely changes
-    /// between its records, and making a String validates UTF-8 each time.
+    /// The comm bytes `lastCommText` was made from: a thread's name rarely changes between
+    /// records, and making a String validates UTF-8 each time.
     /// Unchecked for exclusivity: read and written once per record, never overlapping.
     @exclusivity(unchecked) private var lastComm: (UInt64, UInt64)?
+    @exclusivity(unchecked) private var lastCommText = ""
 
-    private func setComm(_ record: UnsafeRawBufferPointer, of event: inout Event) {
-        let comm = (record.loadUnaligned(fromByteOffset: 32, as: UInt64.self),
-                    record.loadUnaligned(fromByteOffset: 40, as: UInt64.self))
-        if let lastComm, lastComm == comm { return }
-        lastComm = comm
-        event.comm = String(decoding: record[32..<48].prefix(while: { $0 != 0 }), as: UTF8.self)
+    @inline(__always)
+    private func comm(_ record: UnsafeRawBufferPointer) -> String {
+        let bytes = (record.loadUnaligned(fromByteOffset: 32, as: UInt64.self),
+                     record.loadUnaligned(fromByteOffset: 40, as: UInt64.self))
+        if let lastComm, lastComm == bytes { return lastCommText }
+        lastComm = bytes
+        lastCommText = String(decoding: record[32..<48].prefix(while: { $0 != 0 }), as: UTF8.self)
+        return lastCommText
     }
+
 
     /// The user stack at the end of a record (layout in utap_abi.h), symbolized.
     func stack(_ record: UnsafeRawBufferPointer, pid: Int32) -> [String] {

@@ -77,9 +77,11 @@ public struct TracePlan: Equatable, Sendable {
 
 /// Live probes. Releasing the session (or calling `detach`) removes every probe.
 public protocol TraceSession: AnyObject {
-    /// Waits at most `timeoutMs` for events, hands each to `deliver`, and returns how many
-    /// were delivered. Stops early (without losing the rest) when `deliver` throws.
-    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int
+    /// Waits at most `timeoutMs` for events, hands each to `deliver` (or, where the backend
+    /// can, an event of integer fields to `deliverIntegers`, seen in place), and returns how
+    /// many were delivered. Stops early (without losing the rest) when a delivery throws.
+    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void,
+              deliverIntegers: (IntegerEvent) throws -> Void) throws -> Int
     /// Records lost so far, per probe of the plan (cumulative); zeros once detached.
     func lostCounts() -> [UInt64]
     /// What count and latency sessions have aggregated so far (cumulative).
@@ -97,6 +99,13 @@ public protocol TraceSession: AnyObject {
     var reapsTracedProcess: Bool { get }
     /// Its wait status, once it ended while traced.
     var tracedExitStatus: Int32? { get }
+}
+
+extension TraceSession {
+    /// Every event as an `Event`.
+    public func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int {
+        try poll(timeoutMs: timeoutMs, deliver: deliver, deliverIntegers: { try deliver($0.event) })
+    }
 }
 
 extension TraceSession {

@@ -72,6 +72,51 @@ public struct Event: Equatable, Sendable {
     }
 }
 
+/// A hit whose fields are all integers, seen in place: the raw 64-bit value of each field
+/// where the backend recorded it, and the fields' types. The bpf reader hands most events
+/// over this way, since building an `Event` (an array of enums) was a good part of its
+/// cost per event. It stands for `event` exactly: writers must print both the same.
+public struct IntegerEvent {
+    public var timestampNs: UInt64
+    public var pid: Int32
+    public var tid: Int32
+    public var comm: String
+    public var probe: Int
+    public var kind: ProbeKind
+    public var latencyNs: UInt64?
+    /// Field i's raw value is the 8 bytes at offset 8 * i (any alignment).
+    public var values: UnsafeRawPointer
+    /// Field i's type; the count is the number of fields.
+    public var types: UnsafeBufferPointer<FieldType>
+
+    public init(timestampNs: UInt64, pid: Int32, tid: Int32, comm: String, probe: Int, kind: ProbeKind,
+                latencyNs: UInt64?, values: UnsafeRawPointer, types: UnsafeBufferPointer<FieldType>) {
+        self.timestampNs = timestampNs
+        self.pid = pid
+        self.tid = tid
+        self.comm = comm
+        self.probe = probe
+        self.kind = kind
+        self.latencyNs = latencyNs
+        self.values = values
+        self.types = types
+    }
+
+    @inlinable
+    public var fieldCount: Int { types.count }
+
+    @inlinable
+    public func field(_ index: Int) -> FieldValue {
+        .integer(values.loadUnaligned(fromByteOffset: 8 * index, as: UInt64.self), as: types[index])
+    }
+
+    /// The same hit as an `Event`.
+    public var event: Event {
+        Event(timestampNs: timestampNs, pid: pid, tid: tid, comm: comm, probe: probe, kind: kind,
+              fields: (0..<fieldCount).map(field), latencyNs: latencyNs)
+    }
+}
+
 /// What a writer needs to know about each probe of a session: its display name (the probe
 /// text without fields, e.g. `libc:malloc%return`), its kind and its field names in order.
 public struct ProbeDescriptor: Equatable, Sendable {

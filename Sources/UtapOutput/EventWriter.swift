@@ -4,10 +4,55 @@ import UtapCore
 /// engines produce, so neither the engines nor the run loop know which format is in use.
 public protocol EventWriter: AnyObject {
     func write(_ event: Event) throws
+    /// Writes exactly what `write(event.event)` writes; the writers here format it in
+    /// place, without building the `Event`.
+    func write(_ event: IntegerEvent) throws
     /// `count` events of probe index `probe` were dropped (ring buffer full, …).
     func lost(probe: Int, count: UInt64) throws
     func summary(_ summary: TraceSummary) throws
     func flush() throws
+}
+
+extension EventWriter {
+    public func write(_ event: IntegerEvent) throws {
+        try write(event.event)
+    }
+}
+
+/// What writers read from an event, so that one formatting routine serves `Event` and
+/// `IntegerEvent` (generic, and specialized for each).
+protocol WritableEvent {
+    var timestampNs: UInt64 { get }
+    var pid: Int32 { get }
+    var tid: Int32 { get }
+    var comm: String { get }
+    var probe: Int { get }
+    var latencyNs: UInt64? { get }
+    var stack: [String]? { get }
+    var fieldCount: Int { get }
+    /// Calls `body` with each field's index and value, in order.
+    func forEachField(_ body: (Int, FieldValue) -> Void)
+}
+
+extension Event: WritableEvent {
+    var fieldCount: Int { fields.count }
+
+    @inline(__always)
+    func forEachField(_ body: (Int, FieldValue) -> Void) {
+        // Read in place: a subscripted read copies each value (a retain for strings).
+        fields.withUnsafeBufferPointer { fields in
+            for index in fields.indices { body(index, fields[index]) }
+        }
+    }
+}
+
+extension IntegerEvent: WritableEvent {
+    var stack: [String]? { nil }
+
+    @inline(__always)
+    func forEachField(_ body: (Int, FieldValue) -> Void) {
+        for index in 0..<fieldCount { body(index, field(index)) }
+    }
 }
 
 extension ProbeDescriptor {

@@ -2,7 +2,14 @@
 /// a hex value or an escaped byte string looks.
 extension OutputBuffer {
     /// Appends `value` in decimal, zero-padded to at least `minDigits` digits.
+    @inline(__always)
     public func appendDecimal(_ value: UInt64, minDigits: Int = 1) {
+        // Flags, indexes and small counts are most fields' values: one byte, no call.
+        if value < 10 && minDigits <= 1 { return append(0x30 + UInt8(truncatingIfNeeded: value)) }
+        appendDecimalDigits(value, minDigits: minDigits)
+    }
+
+    private func appendDecimalDigits(_ value: UInt64, minDigits: Int) {
         let count = max(decimalDigitCount(value), minDigits)
         // Written last digit first, straight into the buffer: eight digits at a time in
         // 32-bit arithmetic (timestamps have 13 or more; 64-bit division costs more), two

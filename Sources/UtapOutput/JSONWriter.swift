@@ -38,9 +38,18 @@ public final class JSONWriter: EventWriter {
     }
 
     public func write(_ event: Event) throws {
+        try write(fieldsOf: event)
+    }
+
+    public func write(_ event: IntegerEvent) throws {
+        try write(fieldsOf: event)
+    }
+
+    @inline(__always)
+    private func write<E: WritableEvent>(fieldsOf event: E) throws {
         output.append(#"{"type":"event","ts_ns":"#)
         timestamps.append(event.timestampNs, to: output)
-        threadTexts.append(event, to: output) { output in
+        threadTexts.append(event, probe: event.probe, to: output) { output in
             output.append(#","pid":"#)
             output.appendDecimal(Int64(event.pid))
             output.append(#","tid":"#)
@@ -48,14 +57,11 @@ public final class JSONWriter: EventWriter {
             output.append(#","comm":"#)
             output.appendJSONString(event.comm)
             output.append(0x2C)
+            texts.appendFixed(Piece.prefix, probe: event.probe, to: output)
         }
-        texts.appendFixed(Piece.prefix, probe: event.probe, to: output)
-        // Read in place: a subscripted read copies each value (a retain for strings).
-        event.fields.withUnsafeBufferPointer { fields in
-            for index in fields.indices {
-                texts.appendKey(index, probe: event.probe, to: output)
-                append(fields[index])
-            }
+        event.forEachField { index, value in
+            texts.appendKey(index, probe: event.probe, to: output)
+            append(value)
         }
         output.append(0x7D)
         if let latency = event.latencyNs {

@@ -72,6 +72,15 @@ public final class TextWriter: EventWriter {
     }
 
     public func write(_ event: Event) throws {
+        try write(fieldsOf: event)
+    }
+
+    public func write(_ event: IntegerEvent) throws {
+        try write(fieldsOf: event)
+    }
+
+    @inline(__always)
+    private func write<E: WritableEvent>(fieldsOf event: E) throws {
         if !wroteHeader {
             writeHeader()
             wroteHeader = true
@@ -79,7 +88,7 @@ public final class TextWriter: EventWriter {
         appendTime(event.timestampNs)
         output.append(0x20)
 
-        threadTexts.append(event, to: output) { output in
+        threadTexts.append(event, probe: 0, to: output) { output in
             var start = output.bufferedCount
             output.appendTextEscaped(event.comm)
             output.pad(from: start, toWidth: Self.commWidth)
@@ -93,17 +102,14 @@ public final class TextWriter: EventWriter {
             output.append(0x20)
         }
 
-        let hasTail = !event.fields.isEmpty || event.latencyNs != nil
+        let hasTail = event.fieldCount > 0 || event.latencyNs != nil
         texts.appendFixed(hasTail ? Piece.paddedName : Piece.name, probe: event.probe, to: output)
-        // Read in place: a subscripted read copies each value (a retain for strings).
-        event.fields.withUnsafeBufferPointer { fields in
-            for index in fields.indices {
-                texts.appendKey(index, probe: event.probe, to: output)
-                append(fields[index])
-            }
+        event.forEachField { index, value in
+            texts.appendKey(index, probe: event.probe, to: output)
+            append(value)
         }
         if let latency = event.latencyNs {
-            output.append(event.fields.isEmpty ? "latency=" : "  latency=")
+            output.append(event.fieldCount == 0 ? "latency=" : "  latency=")
             output.appendDuration(latency)
         }
         output.append(0x0A)

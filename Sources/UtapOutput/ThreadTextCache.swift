@@ -1,22 +1,24 @@
 import UtapCore
 
 /// The text a writer prints for an event's thread (pid, tid and comm, formatted and
-/// escaped), kept per thread: events of one thread mostly follow each other, and encoding
-/// two decimals and an escaped name was a fifth of the reader's instructions per event
-/// (callgrind). Direct-mapped by tid; a slot holds its bytes in one block owned by the
-/// cache, so a hit is a comparison and a copy, with no reference counting.
+/// escaped), and whatever follows it that depends only on the probe, kept per thread and
+/// probe: events of one thread mostly follow each other, and encoding two decimals and an
+/// escaped name was a fifth of the reader's instructions per event (callgrind).
+/// Direct-mapped by tid and probe; a slot holds its bytes in one block owned by the cache,
+/// so a hit is a comparison and a copy, with no reference counting.
 final class ThreadTextCache {
     private struct Slot {
         var pid: Int32 = 0
         var tid: Int32 = -1
+        var probe = -1
         /// At most 15 bytes (TASK_COMM_LEN): a small String, compared without allocating.
         var comm: String = ""
         var count = 0
     }
 
-    private static let slots = 16
-    /// Longer text (a comm full of escapes) is encoded each time instead.
-    private static let slotBytes = 128
+    private static let slots = 64
+    /// Longer text (a comm full of escapes, a long probe name) is encoded each time instead.
+    private static let slotBytes = 256
 
     private let slot: UnsafeMutablePointer<Slot>
     private let bytes: UnsafeMutablePointer<UInt8>
@@ -33,14 +35,18 @@ final class ThreadTextCache {
         bytes.deallocate()
     }
 
-    /// Appends the thread's text: the cached bytes when this thread's pid, tid and comm
-    /// are those last encoded in its slot, else what `encode` appends (kept for next time).
+    /// Appends the thread's text: the cached bytes when this thread's pid, tid and comm and
+    /// `probe` are those last encoded in their slot, else what `encode` appends (kept for
+    /// next time). `probe` is what the text depends on besides the thread: the event's
+    /// probe when `encode` writes probe text too, else a constant.
     @inline(__always)
-    func append(_ event: Event, to output: OutputBuffer, encode: (OutputBuffer) -> Void) {
-        let index = Int(UInt32(bitPattern: event.tid) % UInt32(Self.slots))
+    func append<E: WritableEvent>(_ event: E, probe: Int, to output: OutputBuffer, encode: (OutputBuffer) -> Void) {
+        // Two probes of one thread (an entry and its return) take different slots.
+        let index = Int((UInt32(bitPattern: event.tid) &+ UInt32(truncatingIfNeeded: probe) &* 7) % UInt32(Self.slots))
         let cached = slot + index
         let text = bytes + index * Self.slotBytes
-        if cached.pointee.tid == event.tid, cached.pointee.pid == event.pid, cached.pointee.comm == event.comm {
+        if cached.pointee.tid == event.tid, cached.pointee.probe == probe, cached.pointee.pid == event.pid,
+           cached.pointee.comm == event.comm {
             return output.append(UnsafeBufferPointer(start: text, count: cached.pointee.count))
         }
         let start = output.bufferedCount
@@ -51,6 +57,6 @@ final class ThreadTextCache {
             return
         }
         output.copyBuffered(from: start, count: count, to: text)
-        cached.pointee = Slot(pid: event.pid, tid: event.tid, comm: event.comm, count: count)
+        cached.pointee = Slot(pid: event.pid, tid: event.tid, probe: probe, comm: event.comm, count: count)
     }
 }

@@ -93,7 +93,9 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
 
     // MARK: TraceSession
 
-    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void) throws -> Int {
+    /// Events are built as they are taken at each stop: every one goes to `deliver`.
+    func poll(timeoutMs: Int32, deliver: (Event) throws -> Void,
+              deliverIntegers: (IntegerEvent) throws -> Void) throws -> Int {
         var batch = take()
         if batch.isEmpty && timeoutMs > 0 {
             usleep(UInt32(timeoutMs) * 1000)

@@ -137,7 +137,17 @@ struct TraceRunner {
 
         func deliver(_ event: Event) throws {
             try writer.write(event)
-            tally.count(event.probe)
+            try counted(event.probe)
+        }
+
+        func deliverIntegers(_ event: IntegerEvent) throws {
+            try writer.write(event)
+            try counted(event.probe)
+        }
+
+        @inline(__always)
+        func counted(_ probe: Int) throws {
+            tally.count(probe)
             if let maxEvents, tally.total >= maxEvents { throw EnoughEvents() }
         }
 
@@ -156,7 +166,7 @@ struct TraceRunner {
         /// events it delivered.
         func pump(timeoutMs: Int32) throws -> (stop: StopReason?, delivered: Int) {
             do {
-                let delivered = try session.poll(timeoutMs: timeoutMs, deliver: deliver)
+                let delivered = try session.poll(timeoutMs: timeoutMs, deliver: deliver, deliverIntegers: deliverIntegers)
                 try writer.flush()
                 return (nil, delivered)
             } catch is EnoughEvents {

@@ -5,27 +5,35 @@ import XCTest
 /// Writers keep each thread's encoded pid/tid/comm: the output must be what a writer
 /// that has seen no event before writes, event for event.
 final class ThreadTextCacheTests: XCTestCase {
-    /// Threads that share a cache slot (tids 16 apart), a thread renamed, a tid reused by
-    /// another process, a name whose escaped form does not fit a slot, and back again.
+    /// Threads that share a cache slot (tids 64 apart; tid 108 and tid 101's second probe),
+    /// a thread renamed, a tid reused by another process, a name whose escaped form does
+    /// not fit a slot, one thread alternating between two probes, a probe whose name does
+    /// not fit a slot, and back again.
     private let events: [Event] = {
-        let threads: [(pid: Int32, tid: Int32, comm: String)] = [
-            (100, 101, "worker"), (100, 117, "worker-2"), (100, 101, "worker"), (100, 117, "worker-2"),
-            (100, 101, "renamed"), (200, 101, "renamed"), (200, 101, "quote\"back\\slash"),
-            (300, 301, String(repeating: "\u{1}", count: 40)), (300, 301, String(repeating: "\u{1}", count: 40)),
-            (100, 101, "worker"), (7, 7, ""), (7, 7, ""),
+        let threads: [(pid: Int32, tid: Int32, comm: String, probe: Int)] = [
+            (100, 101, "worker", 0), (100, 165, "worker-2", 0), (100, 101, "worker", 0), (100, 165, "worker-2", 0),
+            (100, 101, "worker", 1), (100, 101, "worker", 0), (100, 101, "worker", 1), (100, 108, "other", 0),
+            (100, 101, "worker", 1), (100, 101, "worker", 2), (100, 101, "worker", 2), (100, 101, "worker", 0),
+            (100, 101, "renamed", 0), (200, 101, "renamed", 0), (200, 101, "quote\"back\\slash", 0),
+            (300, 301, String(repeating: "\u{1}", count: 40), 0), (300, 301, String(repeating: "\u{1}", count: 40), 0),
+            (100, 101, "worker", 0), (7, 7, "", 0), (7, 7, "", 0),
         ]
         return threads.enumerated().map { index, thread in
             Event(timestampNs: 1_000_000_000 + UInt64(index) * 1000, pid: thread.pid, tid: thread.tid,
-                  comm: thread.comm, probe: 0, kind: .entry, fields: [.unsigned(UInt64(index))])
+                  comm: thread.comm, probe: thread.probe, kind: .entry, fields: [.unsigned(UInt64(index))])
         }
     }()
 
+    private let probes = [malloc, mallocReturn,
+                          ProbeDescriptor(name: "/opt/" + String(repeating: "long/", count: 60) + "app:f", kind: .entry,
+                                          fieldNames: ["x"])]
+
     func testJSONIsTheSameAsWithoutTheCache() throws {
-        try assertSameAsFreshWriters { out in JSONWriter(probes: [malloc], output: out) }
+        try assertSameAsFreshWriters { out in JSONWriter(probes: probes, output: out) }
     }
 
     func testTextIsTheSameAsWithoutTheCache() throws {
-        try assertSameAsFreshWriters { out in TextWriter(probes: [malloc], output: out, startNs: 1_000_000_000) }
+        try assertSameAsFreshWriters { out in TextWriter(probes: probes, output: out, startNs: 1_000_000_000) }
     }
 
     /// All events through one writer, against each event through a writer of its own

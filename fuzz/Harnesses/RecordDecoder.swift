@@ -33,6 +33,10 @@ public func fuzzRecordDecoder(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt
         withUnsafeBytes(of: absentPid.littleEndian) { record.replaceSubrange(16..<20, with: $0) }
     }
     let event = record.withUnsafeBytes { decoder.decode($0) }
+    // Read in place, a record of integer fields says what its decoded event says.
+    if let inPlace = record.withUnsafeBytes({ decoder.integerEvent($0)?.event }) {
+        precondition(inPlace == event, "in place \(inPlace) decoded \(event)")
+    }
     let types = probeFields.indices.contains(event.probe) ? probeFields[event.probe] : []
     // Every field whose value the record holds; a record cut short (never written by BPF)
     // loses the fields past its end.
