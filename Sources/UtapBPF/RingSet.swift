@@ -188,6 +188,7 @@ final class RingSet {
 
     /// The ring's next complete record before its limit into `head`, skipping discarded
     /// ones; nil when there is none or the next one is still being written.
+    @inline(__always)
     private static func loadHead(_ ring: UnsafeMutablePointer<Ring>) {
         ring.pointee.head = nil
         while ring.pointee.consumed < ring.pointee.limit {

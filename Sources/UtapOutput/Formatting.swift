@@ -100,18 +100,22 @@ final class TimestampDecimals {
 
     deinit { highText.deallocate() }
 
+    @inline(__always)
     func append(_ value: UInt64, to output: OutputBuffer) {
         let high = value / 1_000_000
+        guard high == self.high else { return appendNewHigh(value, to: output) }
+        output.append(UnsafeBufferPointer(start: highText, count: highCount))
+        output.appendDigitPairs(UInt32(truncatingIfNeeded: value - high * 1_000_000), pairs: 3)
+    }
+
+    private func appendNewHigh(_ value: UInt64, to output: OutputBuffer) {
+        let high = value / 1_000_000
         guard high > 0 else { return output.appendDecimal(value) }
-        if high != self.high {
-            let start = output.bufferedCount
-            output.appendDecimal(high)
-            highCount = output.bufferedCount - start
-            output.copyBuffered(from: start, count: highCount, to: highText)
-            self.high = high
-        } else {
-            output.append(UnsafeBufferPointer(start: highText, count: highCount))
-        }
+        let start = output.bufferedCount
+        output.appendDecimal(high)
+        highCount = output.bufferedCount - start
+        output.copyBuffered(from: start, count: highCount, to: highText)
+        self.high = high
         output.appendDigitPairs(UInt32(truncatingIfNeeded: value - high * 1_000_000), pairs: 3)
     }
 }
