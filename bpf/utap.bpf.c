@@ -257,9 +257,8 @@ static __always_inline __u64 wake_flag(void *ring)
 }
 
 static __always_inline void fill_header(struct utap_event *e, const struct utap_probe_config *cfg,
-                                        __u64 now, __u64 latency, __u16 flags)
+                                        __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
 {
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
     e->ts_ns = now;
     e->latency_ns = latency;
     e->pid = pid_tgid >> 32;
@@ -275,7 +274,7 @@ static __always_inline void fill_header(struct utap_event *e, const struct utap_
  * size is rounded up to 2, 4 or 6 fields; the reader takes the count from the probe.
  */
 static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap_probe_config *cfg,
-                                          __u64 now, __u64 latency, __u16 flags)
+                                          __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
 {
     void *ring = this_cpu_ring();
     if (!ring) {
@@ -296,7 +295,7 @@ static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap
     }
     __u64 regs[8];
     load_sources(ctx, regs);
-    fill_header(e, cfg, now, latency, flags);
+    fill_header(e, cfg, now, latency, flags, pid_tgid);
     for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
         if (i >= nfields)
             break;
@@ -307,11 +306,12 @@ static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap
     bpf_ringbuf_submit(e, wake_flag(ring));
 }
 
+/* `pid_tgid`: bpf_get_current_pid_tgid(), taken once a hit (each call is a helper call). */
 static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_config *cfg,
-                                 __u64 now, __u64 latency, __u16 flags)
+                                 __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
 {
     if (cfg->flags & UTAP_PROBE_INTEGERS) {
-        emit_integers(ctx, cfg, now, latency, flags);
+        emit_integers(ctx, cfg, now, latency, flags, pid_tgid);
         return;
     }
     __u32 zero = 0;
@@ -328,7 +328,7 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
     load_sources(ctx, regs);
     if (cfg->flags & UTAP_PROBE_ALL_REGS)
         bpf_probe_read_kernel(s->pt_regs, 8 * UTAP_PT_REGS_SLOTS, ctx);
-    fill_header(e, cfg, now, latency, flags);
+    fill_header(e, cfg, now, latency, flags, pid_tgid);
 
     /* A bounded loop: the verifier walks it, no unrolling needed. */
     for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
@@ -540,14 +540,14 @@ __attribute__((noinline)) int passes_filter(struct pt_regs *ctx, __u64 latency, 
 }
 
 /* What this hit should do, or NULL when it is utap's own process. */
-static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx)
+static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx, __u64 pid_tgid)
 {
-    if (bpf_get_current_pid_tgid() >> 32 == settings.tracer_tgid)
+    if (pid_tgid >> 32 == settings.tracer_tgid)
         return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
     const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);
     if (cfg && (cfg->flags & UTAP_PROBE_FOLLOW)) {
-        __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        __u32 tgid = pid_tgid >> 32;
         if (!bpf_map_lookup_elem(&traced, &tgid))
             return 0;
     }
@@ -558,14 +558,15 @@ static __always_inline const struct utap_probe_config *config_of_hit(struct pt_r
  * A call of the probe's function ends; the caller's stack pointer is `ret_sp` (after
  * the `ret`): from a uretprobe, or from a probe on a `ret` instruction itself.
  */
-static __always_inline int returned(struct pt_regs *ctx, const struct utap_probe_config *cfg, __u64 ret_sp)
+static __always_inline int returned(struct pt_regs *ctx, const struct utap_probe_config *cfg, __u64 ret_sp,
+                                    __u64 pid_tgid)
 {
     __u64 now = bpf_ktime_get_ns();
     __u64 latency = 0;
     __u16 flags = UTAP_EVENT_RETURN;
 
     if (cfg->flags & UTAP_PROBE_POP_TS) {
-        struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 0);
+        struct pending_calls *p = pending_for((__u32)pid_tgid, 0);
         if (p) {
             /*
              * Calls left by longjmp or an exception never return; their entries sit above
@@ -597,23 +598,24 @@ static __always_inline int returned(struct pt_regs *ctx, const struct utap_probe
     if (cfg->flags & UTAP_PROBE_COUNT)
         count_hit(cfg);
     if (cfg->flags & UTAP_PROBE_EMIT)
-        emit(ctx, cfg, now, latency, flags);
+        emit(ctx, cfg, now, latency, flags, pid_tgid);
     return 0;
 }
 
 
 static __always_inline int on_entry(struct pt_regs *ctx)
 {
-    const struct utap_probe_config *cfg = config_of_hit(ctx);
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    const struct utap_probe_config *cfg = config_of_hit(ctx, pid_tgid);
     if (!cfg)
         return 0;
     /* A probe on a `ret`: the return happens as this instruction runs. */
     if (cfg->flags & UTAP_PROBE_RET_SITE)
-        return returned(ctx, cfg, ctx->rsp + 8);
+        return returned(ctx, cfg, ctx->rsp + 8, pid_tgid);
     __u64 now = bpf_ktime_get_ns();
 
     if (cfg->flags & UTAP_PROBE_PUSH_TS) {
-        struct pending_calls *p = pending_for((__u32)bpf_get_current_pid_tgid(), 1);
+        struct pending_calls *p = pending_for((__u32)pid_tgid, 1);
         if (p) {
             __u32 d = p->depth;
             if (d < UTAP_MAX_DEPTH) {
@@ -632,16 +634,17 @@ static __always_inline int on_entry(struct pt_regs *ctx)
     if (cfg->flags & UTAP_PROBE_COUNT)
         count_hit(cfg);
     if (cfg->flags & UTAP_PROBE_EMIT)
-        emit(ctx, cfg, now, 0, 0);
+        emit(ctx, cfg, now, 0, 0, pid_tgid);
     return 0;
 }
 
 static __always_inline int on_return(struct pt_regs *ctx)
 {
-    const struct utap_probe_config *cfg = config_of_hit(ctx);
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    const struct utap_probe_config *cfg = config_of_hit(ctx, pid_tgid);
     if (!cfg)
         return 0;
-    return returned(ctx, cfg, ctx->rsp);
+    return returned(ctx, cfg, ctx->rsp, pid_tgid);
 }
 
 
