@@ -141,8 +141,9 @@ final class RingSet {
     /// ring fills up; see bpf/utap.bpf.c).
     func wait(timeoutMs: Int32) {
         guard epollFD >= 0 else { return }
-        var events = [epoll_event](repeating: epoll_event(), count: 8)
-        _ = epoll_wait(epollFD, &events, Int32(events.count), timeoutMs)
+        // Which rings woke us does not matter: `read` looks at all of them.
+        var event = epoll_event()
+        _ = epoll_wait(epollFD, &event, 1, timeoutMs)
     }
 
     /// Hands over the records stamped before `watermark` (all complete ones: `.max`),

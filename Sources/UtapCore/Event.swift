@@ -75,7 +75,8 @@ public struct Event: Equatable, Sendable {
 /// A hit whose fields are all integers, seen in place: the raw 64-bit value of each field
 /// where the backend recorded it, and the fields' types. The bpf reader hands most events
 /// over this way, since building an `Event` (an array of enums) was a good part of its
-/// cost per event. It stands for `event` exactly: writers must print both the same.
+/// cost per event. It stands for `event` exactly: writers must print both the same. Its
+/// pointers are valid only during the call that hands it over.
 public struct IntegerEvent {
     public var timestampNs: UInt64
     public var pid: Int32
