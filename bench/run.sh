@@ -14,7 +14,7 @@
 #   BENCH_ROUNDS     interleaved rounds, the median is reported (default 3)
 #   BENCH_THREADS    thread counts to run (default "1 2")
 #   BENCH_TOOLS      rows to run (default: all of
-#                    "floor utap floor0 utap0 bpftrace utapcount floorpair utaplatency utapret bpftraceret
+#                    "floor floorring utap floor0 utap0 bpftrace utapcount floorpair utaplatency utapret bpftraceret
 #                     utapptrace utapptracestep ltrace ltracelibc gdb
 #                     attach1 attach1ptrace attach1bpftrace attach100 attach100perf attach100bpftrace");
 #                    the unprobed loops the rows are compared with always run
@@ -38,7 +38,7 @@ CALLS=${BENCH_CALLS:-2000000}
 STEP_CALLS=${BENCH_STEP_CALLS:-$((CALLS / 4))}
 ROUNDS=${BENCH_ROUNDS:-3}
 THREADS=${BENCH_THREADS:-"1 2"}
-TOOLS=${BENCH_TOOLS:-"floor utap floor0 utap0 bpftrace utapcount floorpair utaplatency utapret bpftraceret
+TOOLS=${BENCH_TOOLS:-"floor floorring utap floor0 utap0 bpftrace utapcount floorpair utaplatency utapret bpftraceret
 	utapptrace utapptracestep ltrace ltracelibc gdb
 	attach1 attach1ptrace attach1bpftrace attach100 attach100perf attach100bpftrace"}
 TOOLS=$(echo $TOOLS) # one line, single spaces
@@ -175,6 +175,9 @@ tool_cmd() { # tool [out] [pid]
 	case $tool in
 	floor) cmd=("$FLOOR" "$LOOP" "$floor_off") ;;
 	floor0) cmd=("$FLOOR" "$LOOP" "$func_off") ;;
+	# floorring writes utap's record for each hit to per-CPU rings, read by a
+	# reader that only counts: the least streaming costs.
+	floorring) cmd=("$FLOOR" "$LOOP" "$floor_off" ring) ;;
 	# floorpair adds a uretprobe counter: the floor of an entry + return pair.
 	floorpair) cmd=("$FLOOR" "$LOOP" "$floor_off" pair) ;;
 	bpftrace) cmd=(bpftrace -e "$bt_entry") ;;
@@ -391,7 +394,7 @@ measure() { # tool threads round
 	r_elapsed=$(sed -n 's/^elapsed_ns=\([0-9]*\) .*/\1/p' "$lout")
 	[[ $tool == unprobed:* ]] || read_rss "$tlog.rss"
 	case $tool in
-	floor | floor0) r_delivered=$(sed -n 's/^hits=//p' "$tlog") ;;
+	floor | floor0 | floorring) r_delivered=$(sed -n 's/^hits=//p' "$tlog") ;;
 	floorpair) r_delivered=$(($(sed -n 's/^hits=//p' "$tlog") / 2)) ;;
 	bpftrace*)
 		r_delivered=$(sed -n 's/^event_lines=//p' "$tlog")
@@ -668,6 +671,7 @@ label() {
 	unprobed*) echo "unprobed" ;;
 	floor) echo "floor: C libbpf per-CPU counter" ;;
 	floor0) echo "floor at +0: the same counter on \`bench_target+0\`" ;;
+	floorring) echo "ring floor: C libbpf, utap's record to per-CPU rings, counting reader" ;;
 	floorpair) echo "floor pair: C libbpf counters on entry + uretprobe" ;;
 	bpftrace) echo "bpftrace uprobe, printf(pid, arg0, arg1)" ;;
 	bpftraceret) echo "bpftrace uprobe + uretprobe, printf(pid, retval, latency)" ;;
@@ -692,7 +696,7 @@ label() {
 site() {
 	case $1 in
 	unprobed*) echo "—" ;;
-	floor) echo "bench_target+4: push %rbp, emulated" ;;
+	floor | floorring) echo "bench_target+4: push %rbp, emulated" ;;
 	floorpair | utapret) echo "bench_target+4 (emulated) and its return" ;;
 	utap) echo "bench_target+4 (utap skips endbr64): push %rbp, emulated" ;;
 	utapcount | utaplatency) echo "bench_target+4 (by name)" ;;
@@ -710,6 +714,7 @@ chart_label() {
 	case $1 in
 	floor) echo "floor: libbpf counter (+4)" ;;
 	floor0) echo "floor: libbpf counter (+0)" ;;
+	floorring) echo "ring floor: record to per-CPU rings (+4)" ;;
 	floorpair) echo "floor pair: entry + return counters (+4)" ;;
 	bpftrace) echo "bpftrace uprobe printf (+0)" ;;
 	bpftraceret) echo "bpftrace uprobe + uretprobe printf (+0)" ;;
@@ -882,6 +887,9 @@ checks=$(
 		[[ -z $h || -z $p ]] || awk -v h="$h" -v p="$p" -v l="$hl" -v t="$threads" 'BEGIN{
 			r = h / p; ok = (r <= 1.2 && l == "0")
 			printf "- %s thread(s): utap latency / floor pair = %.2f (goal ≤ 1.2), missed %s (goal 0): %s\n", t, r, l, ok ? "met" : "NOT met" }'
+		g=$(th_per_hit floorring "$threads")
+		[[ -z $u || -z $g || -z $f ]] || awk -v u="$u" -v g="$g" -v f="$f" -v t="$threads" 'BEGIN{
+			printf "- %s thread(s): ring floor / floor = %.2f, utap / ring floor = %.2f (no goal set: what streaming a record costs at the least, and what utap adds to it)\n", t, g / f, u / g }'
 		c=$(th_per_hit utapcount "$threads")
 		cl=$(max_of ${lost[utapcount:$threads]:-?})
 		[[ -z $c || -z $f ]] || awk -v c="$c" -v f="$f" -v l="$cl" -v t="$threads" 'BEGIN{
