@@ -280,8 +280,17 @@ final class BPFSession: TraceSession {
     }
 
     /// Each ring into `events` at its CPU's index.
+    /// In one batch: the kernel waits for an RCU grace period after every write to a map
+    /// of maps from user space (10 ms or more here), and after a batch only once.
     private func installRings() throws(UtapError) {
         let events = bpf_map__fd(map("events"))
+        var keys = ringCPUs.map { UInt32($0) }
+        var values = ringFDs.map { UInt32(bitPattern: $0) }
+        var count = UInt32(keys.count)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        if bpf_map_update_batch(events, &keys, &values, &count, &opts) == 0 { return }
+        // A kernel without batch updates for maps of maps: one at a time.
         for (cpu, fd) in zip(ringCPUs, ringFDs) {
             var key = UInt32(cpu)
             var value = UInt32(fd)
