@@ -166,7 +166,8 @@ final class ProbeTexts {
         guard piece >= 0, field >= 0, piece < firstPiece[probe + 1] else {
             return output.append(key(unnamedFieldName(field), field))
         }
-        appendPiece(piece, to: output)
+        let start = pieceStart[piece]
+        output.appendShort(UnsafeBufferPointer(rebasing: bytes[start..<pieceStart[piece + 1]]))
     }
 
     @inline(__always)

@@ -181,6 +181,23 @@ public final class OutputBuffer {
         commit(bytes.count)
     }
 
+    /// Appends a piece of 4 to 16 bytes (a field's key, mostly) with two overlapping word
+    /// moves instead of a call to memmove, which cost more than the copy (callgrind).
+    @inline(__always)
+    func appendShort(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let count = bytes.count
+        guard count >= 4, count <= 16, let source = bytes.baseAddress else { return append(bytes) }
+        let from = UnsafeRawPointer(source), to = UnsafeMutableRawPointer(reserve(count))
+        if count >= 8 {
+            to.storeBytes(of: from.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            to.storeBytes(of: from.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self), toByteOffset: count - 8, as: UInt64.self)
+        } else {
+            to.storeBytes(of: from.loadUnaligned(as: UInt32.self), as: UInt32.self)
+            to.storeBytes(of: from.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self), toByteOffset: count - 4, as: UInt32.self)
+        }
+        commit(count)
+    }
+
     @inline(__always)
     public func append(_ bytes: [UInt8]) {
         bytes.withUnsafeBufferPointer { append($0) }
