@@ -42,6 +42,21 @@ final class OutputBufferTests: XCTestCase {
         assertBytes(out, values.map { String($0) + " " }.joined())
     }
 
+    /// Short pieces are copied by word moves; every length, short, long or in between,
+    /// comes out byte for byte.
+    func testShortPiecesOfEveryLength() throws {
+        let source = (0..<40).map { UInt8(ascii: "a") + UInt8($0 % 26) }
+        let out = try captured { out in
+            source.withUnsafeBufferPointer { bytes in
+                for length in 0...40 {
+                    out.appendShort(UnsafeBufferPointer(rebasing: bytes[0..<length]))
+                    out.append(0x7C)
+                }
+            }
+        }
+        assertBytes(out, (0...40).map { String(decoding: source[0..<$0], as: UTF8.self) + "|" }.joined())
+    }
+
     func testDecimalsAtEveryDigitBoundary() throws {
         var values: [UInt64] = [0, 1, .max, .max - 1, 99_999_999, 100_000_000, 100_000_001,
                                 9_999_999_999_999_999, 10_000_000_000_000_000, 1_000_000_000_000_000_001]
