@@ -44,7 +44,7 @@ final class BPFSession: TraceSession {
         do {
             try load()
             try attachAll()
-            try openRing()
+            try openRings()
         } catch {
             detach()
             throw error
@@ -300,7 +300,7 @@ final class BPFSession: TraceSession {
         }
     }
 
-    private func openRing() throws(UtapError) {
+    private func openRings() throws(UtapError) {
         rings = try RingSet(fds: ringFDs, size: ringBytes)
     }
 
