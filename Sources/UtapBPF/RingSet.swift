@@ -149,6 +149,7 @@ final class RingSet {
     /// Hands over the records stamped before `watermark` (all complete ones: `.max`),
     /// oldest first, to `body`, at most `limit` of them; stops after a record for which
     /// `body` returns false. Every record handed over is consumed. Returns how many.
+    @inline(__always)
     func read(before watermark: UInt64, limit: Int, _ body: (UnsafeRawBufferPointer) -> Bool) -> Int {
         let first = rings.baseAddress!, end = first + rings.count
         var ring = first
