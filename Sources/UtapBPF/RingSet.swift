@@ -11,9 +11,11 @@ import UtapCore
 /// thread come out in the order it made them, even when it moved between CPUs: its
 /// earlier record was complete before its later one was stamped, hence before the
 /// watermark, hence before any producer position was read. A record still being written
-/// holds back only its own ring: a record stamped before the watermark cannot come after
-/// it in any thread. Between threads the order is by timestamp, except where a thread was
-/// preempted between taking its timestamp and reserving its record.
+/// (its writer on another CPU, or preempted) is waited for briefly, then ends the read:
+/// records of other threads may sit behind it in its ring, and a later record of one of
+/// them in another ring must not go first. Between threads the order is by timestamp,
+/// except where a thread was preempted between taking its timestamp and reserving its
+/// record.
 ///
 /// Layout of a ring (the kernel's, as libbpf reads it): a page holding the consumer
 /// position (ours to write), a page holding the producer position, then the data, mapped
@@ -34,6 +36,8 @@ final class RingSet {
         /// The head record and its timestamp, once loaded; nil when the ring has nothing
         /// more to hand over in this read.
         var head: UnsafeRawBufferPointer?
+        /// The next record before `limit` is still being written.
+        var blocked = false
         var headTimestamp: UInt64 = 0
         var headBytes: UInt64 = 0
 
@@ -55,6 +59,10 @@ final class RingSet {
     /// Records handed over before the consumer position is published: the producer reads
     /// it on every reserve, so writing it per record moves its cache line per record.
     static let publishEvery = 64
+    /// How many times a record still being written is looked at again before the read
+    /// gives up on it until the next one (about a µs: a writer on another CPU is done by
+    /// then; a preempted one is waited for by the next read).
+    static let busyRetries = 1024
 
     static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
@@ -164,15 +172,17 @@ final class RingSet {
             // The oldest head; with one ring, or one ring left with records, no contest.
             var oldest: UnsafeMutablePointer<Ring>?
             var oldestTimestamp = UInt64.max
+            var blocked = false
             ring = first
             while ring < end {
+                if ring.pointee.blocked && !Self.awaitHead(ring) { blocked = true }
                 if ring.pointee.head != nil && ring.pointee.headTimestamp < oldestTimestamp {
                     oldest = ring
                     oldestTimestamp = ring.pointee.headTimestamp
                 }
                 ring += 1
             }
-            guard let oldest, oldestTimestamp < watermark else { break }
+            guard !blocked, let oldest, oldestTimestamp < watermark else { break }
             let record = oldest.pointee.head!
             oldest.pointee.consumed &+= oldest.pointee.headBytes
             handed += 1
@@ -193,10 +203,14 @@ final class RingSet {
     @inline(__always)
     private static func loadHead(_ ring: UnsafeMutablePointer<Ring>) {
         ring.pointee.head = nil
+        ring.pointee.blocked = false
         while ring.pointee.consumed < ring.pointee.limit {
             let header = ring.pointee.data + Int(ring.pointee.consumed & ring.pointee.mask)
             let length = utap_load_acquire_u32(header)
-            if length & busyBit != 0 { return }
+            if length & busyBit != 0 {
+                ring.pointee.blocked = true
+                return
+            }
             let size = length & ~(busyBit | discardBit)
             let bytes = (UInt64(size) + headerBytes + 7) & ~7
             if length & discardBit != 0 {
@@ -210,6 +224,17 @@ final class RingSet {
             ring.pointee.headTimestamp = size >= 8 ? record.loadUnaligned(as: UInt64.self) : 0
             return
         }
+    }
+
+    /// Looks again at a blocked ring's next record, up to `busyRetries` times; whether it
+    /// was completed.
+    @inline(never)
+    private static func awaitHead(_ ring: UnsafeMutablePointer<Ring>) -> Bool {
+        for _ in 0..<busyRetries {
+            loadHead(ring)
+            if !ring.pointee.blocked { return true }
+        }
+        return false
     }
 
     private func publish() {

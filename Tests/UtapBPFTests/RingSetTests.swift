@@ -102,7 +102,7 @@ final class RingSetTests: XCTestCase {
         XCTAssertEqual(tags(set, before: 101), [3])
     }
 
-    func testARecordStillBeingWrittenHoldsBackOnlyItsRing() {
+    func testARecordStillBeingWrittenEndsTheRead() {
         let a = FakeRing(), b = FakeRing()
         a.write(timestamp: 10, tag: 1)
         let busy = a.write(timestamp: 20, tag: 2, busy: true)
@@ -110,9 +110,23 @@ final class RingSetTests: XCTestCase {
         b.write(timestamp: 25, tag: 3)
         b.write(timestamp: 35, tag: 5)
         let set = RingSet(rings: [a.ring, b.ring])
-        XCTAssertEqual(tags(set), [1, 3, 5])
+        XCTAssertEqual(tags(set), [1])
+        XCTAssertEqual(tags(set), [])
         a.complete(at: busy)
-        XCTAssertEqual(tags(set), [2, 4])
+        XCTAssertEqual(tags(set), [2, 3, 4, 5])
+    }
+
+    /// A thread's record (X) can sit behind another thread's unfinished one in one ring
+    /// while its next record (Y) is complete in another: Y must wait for X.
+    func testARecordBehindAnUnfinishedOneIsNotOvertakenByItsThreadsNextRecord() {
+        let a = FakeRing(), b = FakeRing()
+        let busy = a.write(timestamp: 10, tag: 1, busy: true)
+        a.write(timestamp: 20, tag: 2) // X
+        b.write(timestamp: 30, tag: 3) // Y, the same thread's next record, on another CPU
+        let set = RingSet(rings: [a.ring, b.ring])
+        XCTAssertEqual(tags(set), [])
+        a.complete(at: busy)
+        XCTAssertEqual(tags(set), [1, 2, 3])
     }
 
     func testDiscardedRecordsAreSkipped() {
