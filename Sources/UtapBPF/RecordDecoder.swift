@@ -56,8 +56,7 @@ final class RecordDecoder {
         guard index + 1 < fieldStart.count, integersOnly[index], flags & UInt16(UTAP_EVENT_STACK.rawValue) == 0 else {
             return nil
         }
-        let first = fieldStart[index]
-        let count = min(fieldStart[index + 1] - first, (record.count - Int(UTAP_EVENT_HEADER_SIZE)) / 8)
+        let types = heldTypes(record, probe: index)
         let latency = record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
         return IntegerEvent(
             timestampNs: record.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
@@ -68,7 +67,17 @@ final class RecordDecoder {
             kind: flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry,
             latencyNs: flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil,
             values: record.baseAddress! + Int(UTAP_EVENT_HEADER_SIZE),
-            types: UnsafeBufferPointer(rebasing: fieldTypes[first..<(first + count)]))
+            types: UnsafeBufferPointer(rebasing: fieldTypes[types]))
+    }
+
+    /// Where in `fieldTypes` are the types of the fields `record` holds values for: its
+    /// probe's, but fewer when the record is cut short (the BPF side never writes one);
+    /// none for an index the loader did not configure.
+    @inline(__always)
+    private func heldTypes(_ record: UnsafeRawBufferPointer, probe index: Int) -> Range<Int> {
+        guard index + 1 < fieldStart.count else { return 0..<0 }
+        let first = fieldStart[index]
+        return first..<(first + min(fieldStart[index + 1] - first, (record.count - Int(UTAP_EVENT_HEADER_SIZE)) / 8))
     }
 
     /// Overwrites `event` with the record, reusing its fields' storage: the reader decodes
@@ -91,11 +100,10 @@ final class RecordDecoder {
         event.probe = index
         let flags = record.loadUnaligned(fromByteOffset: 30, as: UInt16.self)
         event.kind = flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry
-        // The BPF side only writes indexes the loader configured.
-        let types = index + 1 < fieldStart.count ? fieldStart[index]..<fieldStart[index + 1] : 0..<0
+        let types = heldTypes(record, probe: index)
         // Overwritten in place (records of one probe follow each other): removeAll and
         // append went through Array's generic range replacement on every record.
-        let count = min(types.count, (record.count - Int(UTAP_EVENT_HEADER_SIZE)) / 8)
+        let count = types.count
         if event.fields.count != count {
             event.fields = [FieldValue](repeating: .unsigned(0), count: count)
         }
@@ -126,7 +134,6 @@ final class RecordDecoder {
         lastCommText = String(decoding: record[32..<48].prefix(while: { $0 != 0 }), as: UTF8.self)
         return lastCommText
     }
-
 
     /// The user stack at the end of a record (layout in utap_abi.h), symbolized.
     func stack(_ record: UnsafeRawBufferPointer, pid: Int32) -> [String] {

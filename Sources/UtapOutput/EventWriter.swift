@@ -166,13 +166,12 @@ final class ProbeTexts {
         guard piece >= 0, field >= 0, piece < firstPiece[probe + 1] else {
             return output.append(key(unnamedFieldName(field), field))
         }
-        let start = pieceStart[piece]
-        output.appendShort(UnsafeBufferPointer(rebasing: bytes[start..<pieceStart[piece + 1]]))
+        appendPiece(piece, to: output)
     }
 
     @inline(__always)
     private func appendPiece(_ piece: Int, to output: OutputBuffer) {
         let start = pieceStart[piece]
-        output.append(UnsafeBufferPointer(rebasing: bytes[start..<pieceStart[piece + 1]]))
+        output.appendShort(UnsafeBufferPointer(rebasing: bytes[start..<pieceStart[piece + 1]]))
     }
 }

@@ -103,20 +103,22 @@ final class TimestampDecimals {
     @inline(__always)
     func append(_ value: UInt64, to output: OutputBuffer) {
         let high = value / 1_000_000
-        guard high == self.high else { return appendNewHigh(value, to: output) }
-        output.append(UnsafeBufferPointer(start: highText, count: highCount))
+        if high == self.high {
+            output.append(UnsafeBufferPointer(start: highText, count: highCount))
+        } else {
+            guard high > 0 else { return output.appendDecimal(value) }
+            appendAndKeep(high: high, to: output)
+        }
         output.appendDigitPairs(UInt32(truncatingIfNeeded: value - high * 1_000_000), pairs: 3)
     }
 
-    private func appendNewHigh(_ value: UInt64, to output: OutputBuffer) {
-        let high = value / 1_000_000
-        guard high > 0 else { return output.appendDecimal(value) }
+    /// Out of line: once a millisecond.
+    private func appendAndKeep(high: UInt64, to output: OutputBuffer) {
         let start = output.bufferedCount
         output.appendDecimal(high)
         highCount = output.bufferedCount - start
         output.copyBuffered(from: start, count: highCount, to: highText)
         self.high = high
-        output.appendDigitPairs(UInt32(truncatingIfNeeded: value - high * 1_000_000), pairs: 3)
     }
 }
 

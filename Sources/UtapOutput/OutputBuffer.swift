@@ -181,8 +181,9 @@ public final class OutputBuffer {
         commit(bytes.count)
     }
 
-    /// Appends a piece of 4 to 16 bytes (a field's key, mostly) with two overlapping word
-    /// moves instead of a call to memmove, which cost more than the copy (callgrind).
+    /// Appends `bytes`; a piece of 4 to 16 bytes (a field's key, mostly) with two
+    /// overlapping word moves instead of a call to memmove, which cost more than the copy
+    /// (callgrind).
     @inline(__always)
     func appendShort(_ bytes: UnsafeBufferPointer<UInt8>) {
         let count = bytes.count
