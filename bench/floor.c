@@ -78,9 +78,12 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; ring_mode && i < ncpu; i++) {
 		__u32 key = i;
-		if (bpf_map_update_elem(bpf_map__fd(skel->maps.rings), &key, &ring_fds[i], BPF_ANY) ||
-		    !(reader = reader ? (ring_buffer__add(reader, ring_fds[i], count_record, &records) ? NULL : reader)
-				      : ring_buffer__new(ring_fds[i], count_record, &records, NULL))) {
+		int failed = bpf_map_update_elem(bpf_map__fd(skel->maps.rings), &key, &ring_fds[i], BPF_ANY);
+		if (!failed && !reader)
+			failed = !(reader = ring_buffer__new(ring_fds[i], count_record, &records, NULL));
+		else if (!failed)
+			failed = ring_buffer__add(reader, ring_fds[i], count_record, &records);
+		if (failed) {
 			fprintf(stderr, "floor: ring buffer of CPU %d: %s\n", i, strerror(errno));
 			return 1;
 		}
