@@ -12,6 +12,20 @@
 #include <linux/capability.h>
 #include <linux/bpf.h>
 
+/* A system call made directly, not through libc: once the gate opens, the probes are
+ * attached, and the child must run no libc function before the command's first
+ * instruction, or a probe on libc's read, close or execve would report utap's launcher
+ * (comm "utap") as the traced program. */
+static long raw_syscall3(long number, long a, long b, long c)
+{
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(number), "D"(a), "S"(b), "d"(c)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
 pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[], int gate_fd,
                        int gate_write_fd)
 {
@@ -33,15 +47,16 @@ pid_t utap_spawn_gated(const char *path, char *const argv[], char *const envp[],
 
     close(gate_write_fd);
     char go;
-    ssize_t n;
+    long n;
     do {
-        n = read(gate_fd, &go, 1);
-    } while (n < 0 && errno == EINTR);
+        n = raw_syscall3(SYS_read, gate_fd, (long)&go, 1);
+    } while (n == -EINTR);
     if (n != 1)
-        _exit(127);
-    close(gate_fd);
-    execve(path, argv, envp);
-    _exit(127);
+        raw_syscall3(SYS_exit_group, 127, 0, 0);
+    raw_syscall3(SYS_close, gate_fd, 0, 0);
+    raw_syscall3(SYS_execve, (long)path, (long)argv, (long)envp);
+    raw_syscall3(SYS_exit_group, 127, 0, 0);
+    __builtin_unreachable();
 }
 
 static volatile int *stop_flag;

@@ -69,6 +69,22 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// Between the probes going in and the command's first instruction, utap's launcher
+    /// runs no libc function: a probe on execve, read or close reports only the command.
+    func testCommandSeesNothingOfTheLauncher() throws {
+        try Harness.eachBackend { backend in
+            let path = NSTemporaryDirectory() + "utap-launcher-\(getpid()).out"
+            defer { unlink(path) }
+            var r = try Harness.utap(["trace", "--format", "json", "-o", path, "libc:execve", "libc:read", "libc:close",
+                                      "--", "/bin/true"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            r.output = try String(contentsOfFile: path, encoding: .utf8)
+            let events = r.events
+            XCTAssertEqual(events.filter { $0["probe"] as? String == "libc:execve" }.count, 0, "\(backend): \(events)")
+            XCTAssertEqual(Set(events.map { $0["comm"] as? String ?? "?" }).subtracting(["true"]), [], backend)
+        }
+    }
+
     func testIntegersOfEveryWidthAndSign() throws {
         try Harness.eachBackend { backend in
             let r = try trace(["take_ints a=arg0:s8 b=arg1:u8 c=arg2:s16 d=arg3:u16 e=arg4:s32 f=arg5:u32",
