@@ -49,8 +49,8 @@ public final class ELFImage: Sendable {
     public let path: String
     /// `ET_DYN`: a shared library or a PIE executable.
     public let isSharedObject: Bool
-    /// Defined `STT_FUNC` and `STT_GNU_IFUNC` symbols of `.symtab` and `.dynsym`, one per
-    /// (name, address), sorted by address then name.
+    /// Defined `STT_FUNC` and `STT_GNU_IFUNC` symbols of `.symtab` and `.dynsym` (and of
+    /// the `debugFile`'s `.symtab`), one per (name, address), sorted by address then name.
     public let functions: [ELFSymbol]
     public let segments: [LoadSegment]
     /// `DT_NEEDED` entries in file order.
@@ -61,6 +61,9 @@ public final class ELFImage: Sendable {
     public let hasSymtab: Bool
     /// The GNU build ID note, empty when the file has none.
     public let buildID: [UInt8]
+    /// The separate debug file whose full symbol table stands in for the one this stripped
+    /// file lacks (`DebugFiles`), or nil.
+    public let debugFile: String?
 
     private let fd: Int32
     private let byName: [String: [ELFSymbol]]
@@ -70,9 +73,10 @@ public final class ELFImage: Sendable {
     private let sized: [ELFSymbol]
     private let maxLast: [UInt64]
 
-    private init(path: String, fd: Int32, contents: Contents) {
+    private init(path: String, fd: Int32, contents: Contents, debugFile: String?) {
         self.path = path
         self.fd = fd
+        self.debugFile = debugFile
         isSharedObject = contents.isSharedObject
         functions = contents.functions
         segments = contents.segments
@@ -111,11 +115,41 @@ public final class ELFImage: Sendable {
             if let problem = headerProblem(readHeader(fd)) {
                 throw UtapError.usage("'\(path)': \(problem)")
             }
-            return ELFImage(path: path, fd: fd, contents: try Contents.read(fd: fd, path: path))
+            var contents = try Contents.read(fd: fd, path: path)
+            var debugFile: String?
+            if !contents.hasSymtab, let debug = findDebugContents(of: path, contents) {
+                contents.addFunctions(of: debug.contents)
+                debugFile = debug.path
+            }
+            return ELFImage(path: path, fd: fd, contents: contents, debugFile: debugFile)
         } catch {
             close(fd)
             throw error
         }
+    }
+
+    /// The first debug file of `DebugFiles.candidates` that is one for this file.
+    private static func findDebugContents(of path: String, _ contents: Contents) -> (path: String, contents: Contents)? {
+        for candidate in DebugFiles.candidates(for: path, buildID: contents.buildID, link: contents.debugLink) {
+            let fd = Glibc.open(candidate.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var info = stat()
+            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, headerProblem(readHeader(fd)) == nil,
+                  let debug = try? Contents.read(fd: fd, path: candidate.path), debug.hasSymtab else { continue }
+            let matches = candidate.crc.map { DebugFiles.crc32(ofFile: candidate.path) == $0 } ?? (debug.buildID == contents.buildID)
+            if matches { return (candidate.path, debug) }
+        }
+        return nil
+    }
+
+    /// What to do about a function that is not found in a stripped file without a debug
+    /// file; nil when the file has its symbols.
+    public var strippedHint: String? {
+        guard !hasSymtab && debugFile == nil else { return nil }
+        return "\(path) is stripped: only its exported functions have names. Install its debug symbols "
+            + "(looked for by build ID and debug link under \(DebugFiles.directories.joined(separator: ":")); "
+            + "UTAP_DEBUG_DIR sets where) or probe an address: \(path):0xADDRESS"
     }
 
     /// Whether `path` opens as a 64-bit x86-64 ELF file, judged by its header alone.
@@ -308,6 +342,14 @@ private struct Contents {
     var runPaths: [String] = []
     var hasSymtab = false
     var buildID: [UInt8] = []
+    var debugLink: DebugFiles.Link?
+
+    /// Adds the functions of a separate debug file (one per name and address).
+    mutating func addFunctions(of debug: Contents) {
+        var seen = Set(functions.map { "\($0.address) \($0.name)" })
+        functions += debug.functions.filter { seen.insert("\($0.address) \($0.name)").inserted }
+        functions.sort { ($0.address, $0.name) < ($1.address, $1.name) }
+    }
 
     /// NT_GNU_BUILD_ID (3) from a note section, owner "GNU".
     mutating func readBuildID(_ data: UnsafeMutablePointer<Elf_Data>) {
@@ -341,6 +383,8 @@ private struct Contents {
                 isExecutable: phdr.p_flags & UInt32(PF_X) != 0))
         }
 
+        var sectionNames = 0
+        if elf_getshdrstrndx(elf, &sectionNames) != 0 { sectionNames = 0 }
         var tables: [(data: UnsafeMutablePointer<Elf_Data>, shdr: GElf_Shdr)] = []
         var versions: UnsafeMutablePointer<Elf_Data>?
         var section = elf_nextscn(elf, nil)
@@ -357,6 +401,11 @@ private struct Contents {
                 contents.readDynamic(elf: elf, data: data, shdr: shdr)
             case SHT_NOTE:
                 contents.readBuildID(data)
+            case SHT_PROGBITS:
+                if sectionNames != 0, let name = elf_strptr(elf, sectionNames, Int(shdr.sh_name)),
+                   strcmp(name, ".gnu_debuglink") == 0, let bytes = data.pointee.d_buf {
+                    contents.debugLink = DebugFiles.parseLink(UnsafeRawBufferPointer(start: bytes, count: data.pointee.d_size))
+                }
             default:
                 break
             }
@@ -397,15 +446,19 @@ private struct Contents {
                 guard type == STT_FUNC || type == STT_GNU_IFUNC,
                       sym.st_shndx != UInt16(SHN_UNDEF), sym.st_value != 0,
                       let raw = elf_strptr(elf, Int(shdr.sh_link), Int(sym.st_name)) else { continue }
-                // .symtab names may carry "@VERSION" / "@@VERSION".
-                let name = String(String(cString: raw).prefix { $0 != "@" })
+                // .symtab names may carry "@VERSION" (not the default) / "@@VERSION".
+                let full = String(cString: raw)
+                let name = String(full.prefix { $0 != "@" })
+                let nonDefault = name.count < full.utf8.count && !full.contains("@@")
                 guard !name.isEmpty, seen.insert(Key(name: name, address: sym.st_value)).inserted
                 else { continue }
                 let symbol = ELFSymbol(name: name, address: sym.st_value, size: sym.st_size,
                                        isIFunc: type == STT_GNU_IFUNC)
                 var version = GElf_Versym()
                 // 0x8000 is VERSYM_HIDDEN: not the default version of the name.
-                if let versions, gelf_getversym(versions, index, &version) != nil, version & 0x8000 != 0 {
+                if nonDefault {
+                    hidden.append(symbol)
+                } else if let versions, gelf_getversym(versions, index, &version) != nil, version & 0x8000 != 0 {
                     hidden.append(symbol)
                 } else {
                     functions.append(symbol)

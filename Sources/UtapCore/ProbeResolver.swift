@@ -44,7 +44,7 @@ public struct ProbeResolver {
             let shared = Dictionary(grouping: matches, by: \.name).filter { $0.value.count > 1 }.keys
             matches = matches.map { shared.contains($0.name) && $0.name != $0.symbol.name ? ($0.symbol, $0.symbol.name) : $0 }
             if matches.isEmpty {
-                throw .usage("probe '\(spec.name)': no function in \(image.path) matches '\(pattern)'")
+                throw .usage("probe '\(spec.name)': no function in \(image.path) matches '\(pattern)'", hint: image.strippedHint)
             }
             let prefix = spec.target.map { "\($0):" } ?? ""
             let suffix = spec.kind == .return ? "%return" : ""
@@ -101,7 +101,8 @@ public struct ProbeResolver {
                 .union(index.entries.map { $0.name.keys.last ?? $0.name.text })
             let near = ELFImage.suggestions(for: name, among: names, limit: 5)
             throw .usage("probe '\(probe)': no function '\(name)' in \(image.path)",
-                         hint: near.isEmpty ? "run 'utap list \(image.path)' to see its functions" : "did you mean: \(near.joined(separator: ", "))?")
+                         hint: near.isEmpty ? image.strippedHint ?? "run 'utap list \(image.path)' to see its functions"
+                                               : "did you mean: \(near.joined(separator: ", "))?")
         }
         if candidates.contains(where: { $0.address != first.address }) {
             var seen = Set<UInt64>()

@@ -79,7 +79,7 @@ struct List: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         _ = text.withCString { write(STDOUT_FILENO, $0, strlen($0)) }
         if functions.isEmpty && probes == 0 {
-            throw UtapError.runtime("\(path): no function or USDT probe matches '\(pattern ?? "*")'")
+            throw UtapError.runtime("\(path): no function or USDT probe matches '\(pattern ?? "*")'", hint: image.strippedHint)
         }
     }
 }

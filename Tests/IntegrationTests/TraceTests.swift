@@ -22,10 +22,11 @@ final class TraceTests: XCTestCase {
         return result
     }
 
-    /// Every build of the args target: PIE, non-PIE, stripped, -O0 and clang.
+    /// Every build of the args target: PIE, non-PIE, stripped (with and without a debug
+    /// file), -O0 and clang.
     func testExactCountsArgumentsAndReturnsInEveryBuild() throws {
         try Harness.eachBackend { backend in
-            for target in ["args_pie", "args_nopie", "args_stripped", "args_O0", "args_clang"] {
+            for target in ["args_pie", "args_nopie", "args_stripped", "args_debuglink", "args_O0", "args_clang"] {
                 let r = try trace(["add2 a=arg0 b=arg1", "add2%return r=ret"], target, ["1000"])
                 let entries = r.events("add2"), returns = r.events("add2%return")
                 XCTAssertEqual(entries.count, 1000, target)

@@ -203,6 +203,98 @@ final class ELFImageTests: XCTestCase {
         XCTAssertEqual(image.functions(named: "utap_sub"), [before])
     }
 
+    /// Builds `name` from `program`, keeps its symbols in `debugPath` (objcopy
+    /// --only-keep-debug) and strips it; returns the program's path and its functions
+    /// before stripping.
+    private func strippedWithDebugFile(_ program: String, _ name: String, in directory: String, flags: [String] = [],
+                                       debugPath: (String) -> String) throws -> (path: String, functions: [ELFSymbol]) {
+        let path = try Toolchain.compile(program, to: name, in: directory, flags: flags)
+        let functions = try ELFImage.open(path).functions
+        let debug = debugPath(path)
+        try FileManager.default.createDirectory(atPath: (debug as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        try Toolchain.run(["objcopy", "--only-keep-debug", path, debug])
+        try Toolchain.run(["strip", "--strip-all", path])
+        return (path, functions)
+    }
+
+    func testStrippedProgramTakesItsFunctionsFromItsDebugLink() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let debug = directory + "/.debug/prog.debug"
+        let (path, functions) = try strippedWithDebugFile(Self.program, "prog", in: directory) { _ in debug }
+        XCTAssertNil(try ELFImage.open(path).debugFile, "no link yet")
+        XCTAssertNotNil(try ELFImage.open(path).strippedHint)
+        try Toolchain.run(["objcopy", "--add-gnu-debuglink=" + debug, path])
+        let image = try ELFImage.open(path)
+        XCTAssertFalse(image.hasSymtab)
+        XCTAssertEqual(image.debugFile, debug)
+        XCTAssertNil(image.strippedHint)
+        XCTAssertEqual(image.functions, functions, "every function, at its address, with its size")
+        // Code is still read from the program, not from the debug file (which has none).
+        let add = try XCTUnwrap(image.functions(named: "utap_add").first)
+        XCTAssertEqual(image.bytes(atVirtualAddress: add.address, count: 4)?.count, 4)
+        XCTAssertNotEqual(image.bytes(atVirtualAddress: add.address, count: 4), [0, 0, 0, 0])
+    }
+
+    func testStrippedProgramFindsItsDebugFileByBuildID() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let debugDirectory = directory + "/debug"
+        let (path, functions) = try strippedWithDebugFile(Self.program, "prog", in: directory, flags: ["-Wl,--build-id"]) { path in
+            let id = (try? ELFImage.open(path).buildID) ?? []
+            let hex = id.map { String(format: "%02x", $0) }
+            return debugDirectory + "/.build-id/" + hex[0] + "/" + hex.dropFirst().joined() + ".debug"
+        }
+        XCTAssertNil(try ELFImage.open(path).debugFile, "not under /usr/lib/debug")
+        setenv("UTAP_DEBUG_DIR", "/nonexistent:" + debugDirectory, 1)
+        defer { unsetenv("UTAP_DEBUG_DIR") }
+        let image = try ELFImage.open(path)
+        XCTAssertEqual(image.functions, functions)
+        XCTAssertTrue(image.debugFile?.hasPrefix(debugDirectory + "/.build-id/") == true, image.debugFile ?? "nil")
+    }
+
+    /// A debug file of another build (a different build ID, or without build IDs, another
+    /// CRC) has other addresses: never used.
+    func testDebugFileOfAnotherBuildIsIgnored() throws {
+        for flags in [["-Wl,--build-id"], ["-Wl,--build-id=none"]] {
+            let directory = try Toolchain.temporaryDirectory(self)
+            let debug = directory + "/.debug/prog.debug"
+            let (path, _) = try strippedWithDebugFile(Self.program, "prog", in: directory, flags: flags) { _ in debug }
+            try Toolchain.run(["objcopy", "--add-gnu-debuglink=" + debug, path])
+            XCTAssertEqual(try ELFImage.open(path).debugFile, debug, "\(flags)")
+            // Another program's symbols under the same name.
+            _ = try strippedWithDebugFile(Self.program + "int utap_extra(void) { return 1; }\n", "other", in: directory,
+                                          flags: flags) { _ in debug }
+            let image = try ELFImage.open(path)
+            XCTAssertNil(image.debugFile, "\(flags)")
+            XCTAssertEqual(image.functions(named: "utap_add"), [], "\(flags)")
+            XCTAssertNotNil(image.strippedHint)
+        }
+    }
+
+    func testDebugFileCandidates() {
+        let link = DebugFiles.Link(name: "x.debug", crc: 7)
+        XCTAssertEqual(DebugFiles.candidates(for: "/usr/bin/x", buildID: [0xAB, 0xCD, 0x01], link: link, directories: ["/d"]),
+                       [.init(path: "/d/.build-id/ab/cd01.debug", crc: nil), .init(path: "/usr/bin/x.debug", crc: nil),
+                        .init(path: "/usr/bin/.debug/x.debug", crc: nil), .init(path: "/d/usr/bin/x.debug", crc: nil)])
+        // No build ID: a link is checked by its CRC; inside a process's root, so are the places.
+        XCTAssertEqual(DebugFiles.candidates(for: "/proc/42/root/lib/x", buildID: [], link: link, directories: ["/d"]),
+                       [.init(path: "/proc/42/root/lib/x.debug", crc: 7), .init(path: "/proc/42/root/lib/.debug/x.debug", crc: 7),
+                        .init(path: "/proc/42/root/d/lib/x.debug", crc: 7)])
+        XCTAssertEqual(DebugFiles.candidates(for: "/lib/x", buildID: [], link: .init(name: "../../etc/x", crc: 0), directories: ["/d"]), [],
+                       "a link names a file, not a path")
+        XCTAssertEqual(DebugFiles.splitProcRoot("/proc/self/root/x").root, "")
+    }
+
+    func testDebugLinkCRC() throws {
+        let path = try Toolchain.temporaryDirectory(self) + "/data"
+        try "123456789".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertEqual(DebugFiles.crc32(ofFile: path), 0xCBF4_3926, "the CRC-32 check value")
+        XCTAssertNil(DebugFiles.crc32(ofFile: path + ".missing"))
+        let bytes: [UInt8] = Array("a.debug".utf8) + [0] + [0x78, 0x56, 0x34, 0x12]
+        XCTAssertEqual(bytes.withUnsafeBytes { DebugFiles.parseLink($0) }, .init(name: "a.debug", crc: 0x1234_5678))
+        XCTAssertNil([UInt8](Array("a.debug".utf8) + [0, 1]).withUnsafeBytes { DebugFiles.parseLink($0) })
+    }
+
     func testLibcIFuncsAndVersions() throws {
         let image = try ELFImage.open(libcPath)
         let dynamic = try Toolchain.symbols(of: libcPath, dynamic: true)

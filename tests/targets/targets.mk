@@ -34,6 +34,7 @@ TARGETS_BINS := \
 	$(TARGETS_OUT)/args_pie \
 	$(TARGETS_OUT)/args_nopie \
 	$(TARGETS_OUT)/args_stripped \
+	$(TARGETS_OUT)/args_debuglink \
 	$(TARGETS_OUT)/args_O0 \
 	$(TARGETS_OUT)/args_clang \
 	$(TARGETS_OUT)/threads \
@@ -64,6 +65,15 @@ $(TARGETS_OUT)/tmp/args_stripped.full: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $
 
 $(TARGETS_OUT)/args_stripped: $(TARGETS_OUT)/tmp/args_stripped.full | $(TARGETS_OUT)
 	$(TARGETS_STRIP) --strip-all -o $@ $<
+
+# Stripped of everything, add2 included (no -rdynamic), its symbols in a separate debug
+# file found through .gnu_debuglink in .debug/ beside it, as distro debug packages do.
+$(TARGETS_OUT)/args_debuglink: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)/tmp
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_args_pie) -o $(TARGETS_OUT)/tmp/args_debuglink.full $<
+	mkdir -p $(TARGETS_OUT)/.debug
+	objcopy --only-keep-debug $(TARGETS_OUT)/tmp/args_debuglink.full $(TARGETS_OUT)/.debug/args_debuglink.debug
+	$(TARGETS_STRIP) --strip-all -o $@ $(TARGETS_OUT)/tmp/args_debuglink.full
+	objcopy --add-gnu-debuglink=$(TARGETS_OUT)/.debug/args_debuglink.debug $@
 
 $(TARGETS_OUT)/args_clang: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)
 	@command -v $(TARGETS_CLANG) >/dev/null 2>&1 || { \
