@@ -19,8 +19,13 @@ struct Utap: ParsableCommand {
 
         utap attaches uprobes and runs as root.
         """,
+        version: "utap \(utapVersion)",
         subcommands: [Trace.self, Count.self, Latency.self, List.self, Doctor.self])
 }
+
+/// The release this binary is (`utap --version`).
+let utapVersion = "0.1.0"
+
 
 /// ArgumentParser's messages, rephrased into utap's `WHAT: WHY` shape.
 enum ParserMessage {

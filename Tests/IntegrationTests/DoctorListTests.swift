@@ -7,6 +7,17 @@ final class DoctorListTests: XCTestCase {
         try Harness.requirePrivileges()
     }
 
+    func testHelpHasExamplesAndVersionIsOneLine() throws {
+        for command in [[], ["trace"], ["count"], ["latency"], ["list"]] {
+            let r = try Harness.utap(command + ["--help"])
+            XCTAssertEqual(r.status, 0, "\(command)")
+            XCTAssertTrue(r.stdout.contains("Examples:\n  utap "), "\(command): \(r.stdout)")
+        }
+        let version = try Harness.utap(["--version"])
+        XCTAssertEqual(version.status, 0)
+        XCTAssertNotNil(try Regex(#"utap \d+\.\d+\.\d+\n"#).wholeMatch(in: version.stdout), version.stdout)
+    }
+
     func testDoctorRunsARealRoundTripAndPicksBPF() throws {
         let r = try Harness.utap(["doctor"])
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
