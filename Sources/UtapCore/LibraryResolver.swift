@@ -2,13 +2,43 @@ import Glibc
 
 /// Turns a probe TARGET that names a library ("libc", "libssl.so.3") into a file path:
 /// the file the traced process has mapped when there is one, else the file the dynamic
-/// linker would load for the executable.
+/// linker would load for the executable (for a process that has not loaded it yet, as it
+/// would: its RUNPATH, LD_LIBRARY_PATH and ld.so.cache, inside its root).
 public enum LibraryResolver {
     /// A name containing '/' is a path and is returned as given.
     public static func resolve(_ name: String, pid: Int32?, executable: String?) throws(UtapError) -> String {
-        if name.contains("/") { return name }
-        if let pid { return try mapped(name, pid: pid) }
-        return try onDisk(name, executable: executable)
+        try locate(name, pid: pid, executable: executable).path
+    }
+
+    /// `resolve`, and whether process `pid` has the file mapped: false for a library it
+    /// has not loaded (yet), whose probes fire once it does (dlopen).
+    public static func locate(_ name: String, pid: Int32?, executable: String?) throws(UtapError) -> (path: String, loaded: Bool) {
+        if name.contains("/") { return (name, true) }
+        guard let pid else { return (try onDisk(name, executable: executable), true) }
+        let files = try ProcMaps.read(pid: pid).filter(\.isFile)
+        if let entry = best(files, name: name, fileName: { lastPathComponent($0.path) }) {
+            return (openablePath(of: entry, pid: pid), true)
+        }
+        do {
+            return (try onDisk(name, executable: "/proc/\(pid)/exe", root: "/proc/\(pid)/root",
+                               libraryPath: processLibraryPath(pid)), false)
+        } catch {
+            var libraries: [String] = []
+            for file in files.map({ lastPathComponent($0.path) }) where file.contains(".so") && !libraries.contains(file) {
+                libraries.append(file)
+            }
+            throw .usage("library '\(name)': not mapped by pid \(pid), nor found where it would load it from",
+                         hint: libraries.isEmpty ? "it maps no shared libraries"
+                             : "it maps \(libraries.prefix(5).joined(separator: ", "))")
+        }
+    }
+
+    /// LD_LIBRARY_PATH of a running process, from its initial environment.
+    private static func processLibraryPath(_ pid: Int32) -> [String] {
+        guard case .success(let bytes) = readFileBytes("/proc/\(pid)/environ") else { return [] }
+        let prefix = Array("LD_LIBRARY_PATH=".utf8)
+        guard let entry = bytes.split(separator: 0).first(where: { $0.starts(with: prefix) }) else { return [] }
+        return String(decoding: entry.dropFirst(prefix.count), as: UTF8.self).split(separator: ":").map(String.init)
     }
 
     /// How well file name `file` matches library name `name`: lower is better, nil is no
@@ -32,20 +62,6 @@ public enum LibraryResolver {
     }
 
     // MARK: In a process
-
-    private static func mapped(_ name: String, pid: Int32) throws(UtapError) -> String {
-        let files = try ProcMaps.read(pid: pid).filter(\.isFile)
-        guard let entry = best(files, name: name, fileName: { lastPathComponent($0.path) }) else {
-            var libraries: [String] = []
-            for file in files.map({ lastPathComponent($0.path) }) where file.contains(".so") && !libraries.contains(file) {
-                libraries.append(file)
-            }
-            throw .usage("library '\(name)': not mapped by pid \(pid)",
-                           hint: libraries.isEmpty ? "it maps no shared libraries"
-                               : "it maps \(libraries.prefix(5).joined(separator: ", "))")
-        }
-        return openablePath(of: entry, pid: pid)
-    }
 
     /// A path through which utap opens the very file `entry` maps, whatever mount
     /// namespace or root the process has.
@@ -98,28 +114,37 @@ public enum LibraryResolver {
         "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
     ]
 
-    private static func onDisk(_ name: String, executable: String?) throws(UtapError) -> String {
-        var directories = executable.map(runPathDirectories) ?? []
-        directories += (getenv("LD_LIBRARY_PATH").map { String(cString: $0) } ?? "")
-            .split(separator: ":").map(String.init)
+    /// Where ld.so would find `name` for `executable`; `root` is prefixed to every place
+    /// (the root of a process that has not loaded it), `libraryPath` is LD_LIBRARY_PATH.
+    private static func onDisk(_ name: String, executable: String?, root: String = "",
+                               libraryPath: [String] = ownLibraryPath) throws(UtapError) -> String {
+        var directories = executable.map { runPathDirectories($0, root: root) } ?? []
+        directories += libraryPath.map { root + $0 }
         if let found = search(name, in: directories) { return found }
-        if case .success(let bytes) = readFileBytes("/etc/ld.so.cache"),
+        if case .success(let bytes) = readFileBytes(root + "/etc/ld.so.cache"),
            let found = best(parseLDCache(bytes), name: name, fileName: \.soname,
-                            accept: { ELFImage.isNativeELF($0.path) }) {
-            return found.path
+                            accept: { ELFImage.isNativeELF(root + $0.path) }) {
+            return root + found.path
         }
-        if let found = search(name, in: defaultDirectories) { return found }
+        if let found = search(name, in: defaultDirectories.map { root + $0 }) { return found }
         throw .usage("library '\(name)': not found",
                      hint: "give the full path, or run with -p PID")
     }
 
-    /// The executable's RUNPATH (or RPATH) with `$ORIGIN` expanded; empty when it cannot
-    /// be read (a script, say): the other places are still searched.
-    private static func runPathDirectories(_ executable: String) -> [String] {
+    /// utap's LD_LIBRARY_PATH, which a COMMAND it starts inherits.
+    private static var ownLibraryPath: [String] {
+        (getenv("LD_LIBRARY_PATH").map { String(cString: $0) } ?? "").split(separator: ":").map(String.init)
+    }
+
+    /// The executable's RUNPATH (or RPATH) with `$ORIGIN` expanded, under `root`; empty
+    /// when it cannot be read (a script, say): the other places are still searched.
+    private static func runPathDirectories(_ executable: String, root: String) -> [String] {
         guard let image = try? ELFImage.open(executable) else { return [] }
-        let origin = directoryName(realPath(executable) ?? executable)
+        // A process's /proc/PID/exe links to the path it sees, relative to its root.
+        let origin = root.isEmpty ? directoryName(realPath(executable) ?? executable)
+                                  : directoryName(readLink(executable) ?? "/")
         return image.runPaths.map {
-            $0.replacing("${ORIGIN}", with: origin).replacing("$ORIGIN", with: origin)
+            root + $0.replacing("${ORIGIN}", with: origin).replacing("$ORIGIN", with: origin)
         }
     }
 

@@ -61,7 +61,7 @@ public struct ProbeResolver {
     }
 
     /// The file a probe's TARGET names, as a path the tracer can open.
-    func targetPath(_ spec: ProbeSpec) throws(UtapError) -> String {
+    mutating func targetPath(_ spec: ProbeSpec) throws(UtapError) -> String {
         guard let target = spec.target else {
             if let executable { return executable }
             if let pid { return "/proc/\(pid)/exe" }
@@ -74,7 +74,11 @@ public struct ProbeResolver {
             // The file the process sees, even from another mount namespace or once deleted.
             return LibraryResolver.pathInProcess(target, pid: pid)
         }
-        return try LibraryResolver.resolve(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
+        let (path, loaded) = try LibraryResolver.locate(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
+        if !loaded, let pid, !warnings.contains(where: { $0.hasPrefix("pid \(pid) has not loaded \(target) ") }) {
+            warnings.append("pid \(pid) has not loaded \(target) (yet): its probes are on \(path), which it would load")
+        }
+        return path
     }
 
     mutating func image(at path: String) throws(UtapError) -> ELFImage {

@@ -231,6 +231,24 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// -p with a library the process has not loaded yet: the file it would load (found
+    /// through its LD_LIBRARY_PATH here) is probed, with a warning, and its calls are seen
+    /// once it dlopens it.
+    func testPidProbesALibraryItLoadsLater() throws {
+        try Harness.eachBackend { backend in
+            let host = Harness.target("ptrace/dlhost")
+            let directory = (host as NSString).deletingLastPathComponent
+            let target = try Harness.WaitingTarget(executable: "/usr/bin/env",
+                                                   arguments: ["LD_LIBRARY_PATH=/nonexistent:" + directory, host, "1", "--wait"])
+            let utap = try Harness.Background(["trace", "--format", "json", "-p", String(target.pid), "libdlprobe:lib_probe x=arg0:s32"])
+            XCTAssertEqual(target.go().stdout, "round 1 sum=306 lib_calls=4 unloaded=1\n")
+            let r = utap.wait()
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("pid \(target.pid) has not loaded libdlprobe (yet)"), r.stderr)
+            XCTAssertEqual(r.events("libdlprobe:lib_probe").map { $0.int("x")! }, [0, 1, 2, 3], backend)
+        }
+    }
+
     func testSigintAndSigtermDetachAndLeaveTheProcessRunning() throws {
         try Harness.eachBackend { backend in
             let target = try Harness.WaitingTarget("forever", [])

@@ -29,10 +29,35 @@ final class LibraryResolverTests: XCTestCase {
         XCTAssertThrowsError(try LibraryResolver.resolve("libnotthere", pid: pid, executable: nil)) { error in
             let error = error as? UtapError
             XCTAssertEqual(error?.code, .usage, "a library the user named and the process lacks is a usage error, like an unknown file")
-            XCTAssertEqual(error?.message, "library 'libnotthere': not mapped by pid \(pid)")
+            XCTAssertEqual(error?.message, "library 'libnotthere': not mapped by pid \(pid), nor found where it would load it from")
             XCTAssertTrue(error?.hint?.hasPrefix("it maps ") == true)
             XCTAssertTrue(error?.hint?.contains("libc.so.6") == true)
         }
+    }
+
+    /// A library a running process has not loaded: the file it would load, found through
+    /// its own LD_LIBRARY_PATH (not utap's), inside its root.
+    func testLibraryAProcessHasNotLoadedYet() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        _ = try Toolchain.compile("int utap_later(void) { return 1; }\n", to: "libutaplater.so.2", in: directory,
+                                  flags: ["-shared", "-fPIC"])
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sleeper.arguments = ["30"]
+        sleeper.environment = ["LD_LIBRARY_PATH": "/nonexistent:" + directory]
+        try sleeper.run()
+        defer { sleeper.terminate(); sleeper.waitUntilExit() }
+        let pid = sleeper.processIdentifier
+        // Its environment is readable once it has exec'd.
+        for _ in 0..<500 where (try? ProcMaps.read(pid: pid))?.contains(where: { $0.path == "/bin/sleep" || $0.path == "/usr/bin/sleep" }) != true {
+            usleep(2000)
+        }
+        let found = try LibraryResolver.locate("libutaplater", pid: pid, executable: nil)
+        XCTAssertEqual(found.path, "/proc/\(pid)/root" + directory + "/libutaplater.so.2")
+        XCTAssertFalse(found.loaded)
+        XCTAssertThrowsError(try LibraryResolver.resolve("libutaplater", pid: getpid(), executable: nil), "not in utap's own paths")
+        let libc = try LibraryResolver.locate("libc", pid: pid, executable: nil)
+        XCTAssertTrue(libc.loaded)
     }
 
     func testSystemLibraryThroughTheCache() throws {

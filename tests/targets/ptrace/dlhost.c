@@ -1,4 +1,5 @@
-/* dlhost.c - probes in a library that comes and goes: R rounds (argv[1], default 2) of
+/* dlhost.c - probes in a library that comes and goes: R rounds (argv[1], default 2;
+ * --wait: say ready and wait for a line on stdin first) of
  *   dlopen(<dir of /proc/self/exe>/libdlprobe.so) -> lib_probe(1), (2), (3) -> dlclose
  * and a check that dlclose really unmapped it (dlopen RTLD_NOLOAD then fails).
  *
@@ -25,7 +26,10 @@ static void die(const char *what, const char *detail)
 int main(int argc, char **argv)
 {
     target_line_buffered();
-    long rounds = argc > 1 ? atol(argv[1]) : 2;
+    struct target_opts opts;
+    target_parse(argc, argv, 2, &opts);
+    long rounds = opts.count;
+    target_ready_wait(opts.wait);
 
     char exe[PATH_MAX], lib[PATH_MAX + 32];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
