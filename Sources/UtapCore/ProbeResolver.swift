@@ -142,9 +142,10 @@ public struct ProbeResolver {
         Demangler.demangle(name) ?? name
     }
 
-    /// A probe on `function`: at `offset` when given, else at its entry, after a leading
-    /// endbr64 (same observable state; the kernel emulates the next instruction instead of
-    /// single-stepping endbr64, about 18x cheaper).
+    /// A probe on `function`: at `offset` when given, else at its entry, past a leading
+    /// endbr64 and flag-setting tests that lead to an instruction the kernel emulates
+    /// (`InstructionDecoder.entryOffset`: same observable state; an emulated instruction
+    /// costs about 18x less than a single-stepped one).
     func site(_ spec: ProbeSpec, name: String, image: ELFImage, function: ELFSymbol, offset: UInt64?) throws(UtapError) -> ResolvedProbe {
         var delta: UInt64 = 0
         if let offset {
@@ -152,9 +153,11 @@ public struct ProbeResolver {
                 try checkBoundary(image: image, function: function, offset: offset, probe: spec.name)
             }
             delta = offset
+        } else if function.size > 0, let code = image.bytes(atVirtualAddress: function.address, count: Int(clamping: function.size)) {
+            delta = UInt64(InstructionDecoder.entryOffset(in: code))
         } else if let head = image.bytes(atVirtualAddress: function.address, count: 4),
                   InstructionDecoder.startsWithEndbr64(head) {
-            delta = 4
+            delta = 4  // no size: the jumps inside cannot be checked, so only endbr64
         }
         return try makeProbe(spec, name: name, image: image, function: displayName(function.name), address: function.address + delta)
     }

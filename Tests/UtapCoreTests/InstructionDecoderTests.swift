@@ -38,4 +38,59 @@ final class InstructionDecoderTests: XCTestCase {
         XCTAssertFalse(InstructionDecoder.startsWithEndbr64([0xF3, 0x0F, 0x1E]))
         XCTAssertFalse(InstructionDecoder.startsWithEndbr64(Array(prologue.dropFirst(4))))
     }
+
+    func testEntryOffsetPassesOnlyWhatLeavesTheEntryStateAndLandsOnAnEmulatedInstruction() {
+        let endbr: [UInt8] = [0xF3, 0x0F, 0x1E, 0xFA]
+        let testRdi: [UInt8] = [0x48, 0x85, 0xFF]      // test %rdi,%rdi
+        let je: [UInt8] = [0x74, 0x02]                  // je +2
+        let tail: [UInt8] = [0x31, 0xC0, 0xC3, 0xC3]    // xor %eax,%eax; ret; ret
+        func offset(_ code: [UInt8]) -> Int { InstructionDecoder.entryOffset(in: code) }
+        XCTAssertEqual(offset(prologue), 4, "endbr64; push: past endbr64, as before")
+        XCTAssertEqual(offset(testRdi + je + tail), 3, "libc free's start: test; je")
+        XCTAssertEqual(offset(endbr + testRdi + je + tail), 7)
+        XCTAssertEqual(offset([0x83, 0xFF, 0x01] + [0x7E, 0x02] + tail), 3, "cmp $1,%edi; jle")
+        XCTAssertEqual(offset(testRdi + [0x48, 0x39, 0xF7] + [0x0F, 0x84, 0, 0, 0, 0] + tail), 6, "test; cmp; je rel32")
+        XCTAssertEqual(offset(testRdi + [0x55] + tail), 3, "test; push %rbp")
+        XCTAssertEqual(offset(testRdi + [0xE8, 0, 0, 0, 0] + tail), 3, "test; call")
+        XCTAssertEqual(offset(testRdi + [0x0F, 0x1F, 0x00] + tail), 3, "test; nopl")
+        // Not passed: no gain, a changed state, or a jump that may land on the probe.
+        XCTAssertEqual(offset(testRdi + [0x48, 0x89, 0xF8] + tail), 0, "test; mov: the mov is single-stepped anyway")
+        XCTAssertEqual(offset(endbr + testRdi + [0x48, 0x89, 0xF8] + tail), 4)
+        XCTAssertEqual(offset([0x80, 0x3F, 0x00] + je + tail), 0, "cmpb $0,(%rdi) reads memory")
+        XCTAssertEqual(offset([0x48, 0x31, 0xFF] + je + tail), 0, "xor writes a register")
+        XCTAssertEqual(offset(testRdi + [0xE3, 0x02] + tail), 0, "jrcxz is single-stepped")
+        XCTAssertEqual(offset(testRdi + [0x66, 0x55] + tail), 0, "push with an operand-size prefix is single-stepped")
+        XCTAssertEqual(offset(testRdi + je + [0xEB, 0xFC] + tail), 0, "jmp back to the je")
+        XCTAssertEqual(offset(testRdi + je + [0x75, 0xFC] + tail), 0, "jne back to the je")
+        XCTAssertEqual(offset(testRdi + je + [0xEB, 0xF9] + tail), 3, "a jump to the entry itself is an entry")
+        XCTAssertEqual(offset(testRdi + je + [0xFF, 0xE0] + tail), 0, "jmp *%rax: where it lands is unknown")
+        XCTAssertEqual(offset(testRdi + je + [0x06] + tail), 0, "bytes that do not decode")
+        XCTAssertEqual(offset(je + tail), 0, "already emulated")
+        XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + je + tail), 12)
+        XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + testRdi + je + tail), 0, "at most four tests")
+    }
+
+    /// The resolver places entry probes by `entryOffset`, on the function's own code; an
+    /// explicit +0 stays at the first byte.
+    func testResolverPlacesEntryProbesPastFlagTests() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let path = try Toolchain.compile("""
+            __asm__(".text\\n.globl checked\\n.type checked,@function\\nchecked:\\n"
+                    "  test %rdi,%rdi\\n  je 1f\\n  push %rbp\\n  pop %rbp\\n1: ret\\n.size checked,.-checked\\n"
+                    ".globl looping\\n.type looping,@function\\nlooping:\\n"
+                    "  test %rdi,%rdi\\n2: je 1f\\n  dec %rdi\\n  jmp 2b\\n1: ret\\n.size looping,.-looping\\n");
+            int main(void) { return 0; }
+            """, to: "prog", in: directory, flags: [])
+        let image = try ELFImage.open(path)
+        var resolver = ProbeResolver(pid: nil, executable: nil)
+        func address(_ location: String) throws -> UInt64? {
+            try resolver.resolve(try ProbeParser.parse(path + ":" + location)).first?.address
+        }
+        let checked = try XCTUnwrap(image.functions(named: "checked").first).address
+        let looping = try XCTUnwrap(image.functions(named: "looping").first).address
+        XCTAssertEqual(try address("checked"), checked + 3)
+        XCTAssertEqual(try address("checked%return"), checked + 3, "rsp still points at the return address")
+        XCTAssertEqual(try address("checked+0"), checked)
+        XCTAssertEqual(try address("looping"), looping, "a jump lands on the je")
+    }
 }
