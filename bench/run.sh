@@ -146,16 +146,18 @@ if [[ " $pt_tools " == *" utapptracestep "* ]]; then
 	[[ $step_bytes == f30f1efa488d047f ]] ||
 		die "bench_step starts with $step_bytes, expected endbr64; lea (%rdi,%rdi,2),%rax (f30f1efa488d047f) — rebuild loop from bench/loop.c"
 fi
-# The attach rows' 100 probes: the first 100 libc functions utap lists that do
-# not start with "_", in the libc the loop maps (bpftrace is given its path).
-attach_fns=()
-if [[ " $at_tools " == *" attach100"* ]] && ((have_utap)); then
-	mapfile -t attach_fns < <("$UTAP" list libc | grep -v '^_' | head -n 100)
-	((${#attach_fns[@]} == 100)) || die "utap list libc gave ${#attach_fns[@]} functions, expected 100"
-fi
 LIBC=$(ldd "$LOOP" | awk '$1 ~ /^libc\.so/ { print $3 }')
 [[ -n $LIBC ]] && LIBC=$(realpath "$LIBC")
-[[ -n $LIBC || " $at_tools " != *" attach100bpftrace "* ]] || die "no libc in \`ldd $LOOP\`"
+[[ -n $LIBC || " $at_tools " != *" attach100"* ]] || die "no libc in \`ldd $LOOP\`"
+# The attach rows' 100 probes: the first 100 functions the loop's libc exports (its
+# .dynsym, byte order) that do not start with "_": the same set whether or not libc's
+# debug symbols (libc6-dbg) are installed, which add local functions to \`utap list\`.
+attach_fns=()
+if [[ " $at_tools " == *" attach100"* ]]; then
+	mapfile -t attach_fns < <(readelf -W --dyn-syms "$LIBC" | awk '($4 == "FUNC" || $4 == "IFUNC") && $7 != "UND" { sub(/@.*/, "", $8); print $8 }' |
+		grep -v '^_' | LC_ALL=C sort -u | head -n 100)
+	((${#attach_fns[@]} == 100)) || die "libc exports ${#attach_fns[@]} functions, expected 100 or more"
+fi
 
 # --- the tracers' command lines ----------------------------------------------
 # TOOL's tracer command, into the array cmd. The same array runs the row and is
@@ -1089,7 +1091,7 @@ EOF2
 - Each tracer attaches with \`-p PID\` to \`LOOP_GO=FILE LOOP 2 1\`, which waits (calling \`access\` and \`nanosleep\` every ms), and gets SIGINT as soon as it says every probe is attached: utap's "Tracing N probes" line, bpftrace's \`BEGIN\` line (bpftrace runs BEGIN once the other probes are attached). **start → attached**: from starting the tracer to that line (process start, symbol lookup, loading and attaching); **SIGINT → exited**: detaching and exiting. Median of $ROUNDS interleaved rounds.
 EOF2
 		((${#attach_fns[@]} == 0)) || cat <<EOF2
-- The 100 functions (a, b, …, z in the commands): the first 100 of \`utap list libc | grep -v '^_'\`: ${attach_fns[*]}
+- The 100 functions (a, b, …, z in the commands): the first 100 functions libc exports (\`.dynsym\`, byte order) not starting with \`_\`: ${attach_fns[*]}
 EOF2
 		cat <<EOF2
 

@@ -30,11 +30,14 @@ public struct ProbeResolver {
         case .glob(let pattern):
             // Raw names and demangled ones (with their shorter keys); each match is named
             // by its demangled name.
-            var matches = image.functions.filter { fnmatch(pattern, $0.name, 0) == 0 }
+            // A compiler's cold fragment (`f.cold`, `f.cold.1`) is part of f, not a function
+            // with an entry: a glob takes one only when it says `.cold` itself.
+            let fragments = !pattern.contains(".cold")
+            var matches = image.functions.filter { fnmatch(pattern, $0.name, 0) == 0 && !(fragments && Self.isColdFragment($0.name)) }
                 .map { (symbol: $0, name: Demangler.demangle($0.name) ?? $0.name) }
             let raw = Set(matches.map(\.symbol.name))
             matches += demangledFunctions(image).functions(matching: pattern)
-                .filter { !raw.contains($0.symbol.name) }
+                .filter { !raw.contains($0.symbol.name) && !(fragments && Self.isColdFragment($0.symbol.name)) }
                 .map { (symbol: $0.symbol, name: $0.name.text) }
             var seen = Set<UInt64>()
             matches = matches.sorted { ($0.name, $0.symbol.name) < ($1.name, $1.symbol.name) }
@@ -127,6 +130,14 @@ public struct ProbeResolver {
                          hint: "probe one by address: \(addresses)")
         }
         return first.isIFunc ? try IFuncResolver.implementation(of: first, in: image) : first
+    }
+
+    /// `name.cold` or `name.cold.N`: code GCC moved out of `name` (no entry, no return).
+    static func isColdFragment(_ name: String) -> Bool {
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 2, let last = parts.last else { return false }
+        if last == "cold" { return true }
+        return parts.count >= 3 && parts[parts.count - 2] == "cold" && !last.isEmpty && last.allSatisfy { $0.isNumber }
     }
 
     /// The image's functions by demangled name, built the first time a probe needs them.

@@ -69,28 +69,4 @@ final class InstructionDecoderTests: XCTestCase {
         XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + je + tail), 12)
         XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + testRdi + je + tail), 0, "at most four tests")
     }
-
-    /// The resolver places entry probes by `entryOffset`, on the function's own code; an
-    /// explicit +0 stays at the first byte.
-    func testResolverPlacesEntryProbesPastFlagTests() throws {
-        let directory = try Toolchain.temporaryDirectory(self)
-        let path = try Toolchain.compile("""
-            __asm__(".text\\n.globl checked\\n.type checked,@function\\nchecked:\\n"
-                    "  test %rdi,%rdi\\n  je 1f\\n  push %rbp\\n  pop %rbp\\n1: ret\\n.size checked,.-checked\\n"
-                    ".globl looping\\n.type looping,@function\\nlooping:\\n"
-                    "  test %rdi,%rdi\\n2: je 1f\\n  dec %rdi\\n  jmp 2b\\n1: ret\\n.size looping,.-looping\\n");
-            int main(void) { return 0; }
-            """, to: "prog", in: directory, flags: [])
-        let image = try ELFImage.open(path)
-        var resolver = ProbeResolver(pid: nil, executable: nil)
-        func address(_ location: String) throws -> UInt64? {
-            try resolver.resolve(try ProbeParser.parse(path + ":" + location)).first?.address
-        }
-        let checked = try XCTUnwrap(image.functions(named: "checked").first).address
-        let looping = try XCTUnwrap(image.functions(named: "looping").first).address
-        XCTAssertEqual(try address("checked"), checked + 3)
-        XCTAssertEqual(try address("checked%return"), checked + 3, "rsp still points at the return address")
-        XCTAssertEqual(try address("checked+0"), checked)
-        XCTAssertEqual(try address("looping"), looping, "a jump lands on the je")
-    }
 }
