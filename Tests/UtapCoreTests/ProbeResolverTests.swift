@@ -3,17 +3,23 @@ import XCTest
 
 /// ProbeResolver on programs compiled at test time.
 final class ProbeResolverTests: XCTestCase {
+    /// A program with `functions` (name, assembly lines) as written, and their symbols.
+    private func program(_ functions: KeyValuePairs<String, [String]>) throws -> String {
+        let assembly = functions.map { name, lines in
+            ([".type \(name),@function", "\(name):"] + lines.map { "  " + $0 } + [".size \(name),.-\(name)"])
+                .joined(separator: "\\n")
+        }.joined(separator: "\\n")
+        return try Toolchain.compile("__asm__(\".text\\n\(assembly)\\n\");\nint main(void) { return 0; }\n",
+                                     to: "prog", in: Toolchain.temporaryDirectory(self), flags: [])
+    }
+
     /// The resolver places entry probes by `entryOffset`, on the function's own code; an
     /// explicit +0 stays at the first byte.
     func testResolverPlacesEntryProbesPastFlagTests() throws {
-        let directory = try Toolchain.temporaryDirectory(self)
-        let path = try Toolchain.compile("""
-            __asm__(".text\\n.globl checked\\n.type checked,@function\\nchecked:\\n"
-                    "  test %rdi,%rdi\\n  je 1f\\n  push %rbp\\n  pop %rbp\\n1: ret\\n.size checked,.-checked\\n"
-                    ".globl looping\\n.type looping,@function\\nlooping:\\n"
-                    "  test %rdi,%rdi\\n2: je 1f\\n  dec %rdi\\n  jmp 2b\\n1: ret\\n.size looping,.-looping\\n");
-            int main(void) { return 0; }
-            """, to: "prog", in: directory, flags: [])
+        let path = try program([
+            "checked": ["test %rdi,%rdi", "je 1f", "push %rbp", "pop %rbp", "1: ret"],
+            "looping": ["test %rdi,%rdi", "2: je 1f", "dec %rdi", "jmp 2b", "1: ret"],
+        ])
         let image = try ELFImage.open(path)
         var resolver = ProbeResolver(pid: nil, executable: nil)
         func address(_ location: String) throws -> UInt64? {
@@ -28,15 +34,8 @@ final class ProbeResolverTests: XCTestCase {
     }
 
     func testGlobsLeaveOutColdFragments() throws {
-        let directory = try Toolchain.temporaryDirectory(self)
-        let path = try Toolchain.compile("""
-            __asm__(".text\\n.globl warm\\n.type warm,@function\\nwarm:\\n  push %rbp\\n  pop %rbp\\n  ret\\n.size warm,.-warm\\n"
-                    ".type warm.cold,@function\\nwarm.cold:\\n  push %rbp\\n  ud2\\n.size warm.cold,.-warm.cold\\n"
-                    ".type warm.cold.1,@function\\nwarm.cold.1:\\n  push %rbp\\n  ud2\\n.size warm.cold.1,.-warm.cold.1\\n"
-                    ".globl warm.coldness\\n.type warm.coldness,@function\\nwarm.coldness:\\n  push %rbp\\n  pop %rbp\\n  ret\\n"
-                    ".size warm.coldness,.-warm.coldness\\n");
-            int main(void) { return 0; }
-            """, to: "prog", in: directory, flags: [])
+        let entry = ["push %rbp", "pop %rbp", "ret"], fragment = ["push %rbp", "ud2"]
+        let path = try program(["warm": entry, "warm.cold": fragment, "warm.cold.1": fragment, "warm.coldness": entry])
         var resolver = ProbeResolver(pid: nil, executable: nil)
         func names(_ location: String) throws -> [String] {
             try resolver.resolve(try ProbeParser.parse(path + ":" + location)).map(\.function!)
