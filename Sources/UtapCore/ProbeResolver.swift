@@ -77,6 +77,11 @@ public struct ProbeResolver {
             // The file the process sees, even from another mount namespace or once deleted.
             return LibraryResolver.pathInProcess(target, pid: pid)
         }
+        if pid == nil, let executable, let program = try? image(at: executable), program.needed.isEmpty,
+           !warnings.contains(where: { $0.hasPrefix("\(executable) links no shared library") }) {
+            warnings.append("\(executable) links no shared library: it does not run \(target)'s code, so its probes "
+                            + "there will not fire (statically linked? probe its own copy: \(lastPathComponent(executable)):NAME)")
+        }
         let (path, loaded) = try LibraryResolver.locate(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
         if !loaded, let pid, !warnings.contains(where: { $0.hasPrefix("pid \(pid) has not loaded \(target) ") }) {
             warnings.append("pid \(pid) has not loaded \(target) (yet): its probes are on \(path), which it would load")

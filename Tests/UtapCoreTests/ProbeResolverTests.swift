@@ -49,4 +49,21 @@ final class ProbeResolverTests: XCTestCase {
         XCTAssertFalse(ProbeResolver.isColdFragment("cold"))
         XCTAssertFalse(ProbeResolver.isColdFragment("f.part.0"))
     }
+
+    /// A library probe for a statically linked COMMAND would never fire: said once.
+    func testLibraryProbesOfAStaticCommandAreWarnedAbout() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let program = "#include <stdlib.h>\nint main(void) { free(malloc(1)); return 0; }\n"
+        let dynamic = try Toolchain.compile(program, to: "dynamic", in: directory, flags: [])
+        let fixed = try Toolchain.compile(program, to: "static", in: directory, flags: ["-static"])
+        var resolver = ProbeResolver(pid: nil, executable: fixed)
+        _ = try resolver.resolve(try ProbeParser.parse("libc:malloc"))
+        _ = try resolver.resolve(try ProbeParser.parse("libc:free"))
+        _ = try resolver.resolve(try ProbeParser.parse("static:main"))
+        XCTAssertEqual(resolver.warnings.count, 1, "\(resolver.warnings)")
+        XCTAssertTrue(resolver.warnings.first?.hasPrefix("\(fixed) links no shared library: it does not run libc's code") == true)
+        var linked = ProbeResolver(pid: nil, executable: dynamic)
+        _ = try linked.resolve(try ProbeParser.parse("libc:malloc"))
+        XCTAssertEqual(linked.warnings, [])
+    }
 }
