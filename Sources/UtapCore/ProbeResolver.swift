@@ -79,8 +79,8 @@ public struct ProbeResolver {
         }
         if pid == nil, let executable, let program = try? image(at: executable), program.needed.isEmpty,
            !warnings.contains(where: { $0.hasPrefix("\(executable) links no shared library") }) {
-            warnings.append("\(executable) links no shared library: it does not run \(target)'s code, so its probes "
-                            + "there will not fire (statically linked? probe its own copy: \(lastPathComponent(executable)):NAME)")
+            warnings.append("\(executable) links no shared library: it does not run \(target)'s code, so probes there "
+                            + "fire only in programs it starts (statically linked? probe its own copy: \(lastPathComponent(executable)):NAME)")
         }
         let (path, loaded) = try LibraryResolver.locate(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
         if !loaded, let pid, !warnings.contains(where: { $0.hasPrefix("pid \(pid) has not loaded \(target) ") }) {

@@ -100,7 +100,8 @@ final class PtraceTests: XCTestCase {
 
     /// -p on a running process, stopped by SIGINT while it is busy: the process runs on,
     /// untraced, every byte of its text as the file has it (an out-of-line site and an
-    /// emulated one, returns hijacked), and its own output continues unchanged.
+    /// emulated one, returns hijacked), and its own output continues unchanged; every call
+    /// seen returns, but the last one may still be running at the detach.
     func testDetachFromABusyProcessLeavesItIntact() throws {
         let target = try Harness.WaitingTarget("forever", [])
         defer { target.kill() }
@@ -114,7 +115,10 @@ final class PtraceTests: XCTestCase {
         let ticks = r.events("\(forever):tick").compactMap { $0.int("i") }
         XCTAssertGreaterThan(ticks.count, 10)
         XCTAssertEqual(ticks, Array(ticks[0]..<(ticks[0] + Int64(ticks.count))), "every call, in order")
-        XCTAssertEqual(r.events("\(forever):tick%return").count, ticks.count)
+        // The call in flight when utap detaches has its entry and not its return (the
+        // hijacked return address is put back first), as with a uretprobe removed.
+        let returns = r.events("\(forever):tick%return").count
+        XCTAssertTrue(returns == ticks.count || returns == ticks.count - 1, "\(returns) returns of \(ticks.count) calls")
         XCTAssertEqual(r.events("\(forever):tick+0").count, ticks.count)
         let status = try String(contentsOfFile: "/proc/\(target.pid)/status", encoding: .utf8)
         XCTAssertTrue(status.contains("TracerPid:\t0\n"), status)
