@@ -27,6 +27,13 @@ public enum InstructionDecoder {
     /// they were at the entry, and a hit costs an emulation instead of a single-step (~20x
     /// less here: libc's `free` starts with `test %rdi,%rdi; je`).
     public static func entryOffset(in code: [UInt8]) -> Int {
+        entryPlacement(in: code).offset
+    }
+
+    /// `entryOffset`, and whether the kernel emulates the instruction there (a hit costs
+    /// well under a µs) or single-steps it (10-20 µs here, and a return probe's latency
+    /// includes it).
+    public static func entryPlacement(in code: [UInt8]) -> (offset: Int, emulated: Bool) {
         let start = startsWithEndbr64(code) ? 4 : 0
         var at = start
         var passed = 0
@@ -34,9 +41,11 @@ public enum InstructionDecoder {
             at += Int(instruction.length)
             passed += 1
         }
-        guard at > start, let landing = decode(at: at, in: code), kernelEmulates(landing),
-              !hasJump(in: code, landingIn: (start + 1)...at) else { return start }
-        return at
+        let emulated = decode(at: at, in: code).map(kernelEmulates) ?? false
+        guard at > start, emulated, !hasJump(in: code, landingIn: (start + 1)...at) else {
+            return (start, decode(at: start, in: code).map(kernelEmulates) ?? false)
+        }
+        return (at, true)
     }
 
     /// `test` or `cmp` without a memory operand: writes the flags and nothing else.

@@ -10,8 +10,12 @@ struct List: ParsableCommand {
         ld.so.cache). C++, Rust and Swift names are shown demangled. PATTERN is a shell glob
         over the demangled name (also without its parameter list, e.g. 'ns::Class::*'), or
         the mangled one. Output is one name per line, sorted, so it pipes into grep and wc.
-        With -v each line is ADDRESS SIZE NAME, then [ifunc] for IFUNCs, then the mangled
-        name when the name is demangled (always the last word). USDT probes follow the
+        With -v each line is ADDRESS SIZE ENTRY NAME, then [ifunc] for IFUNCs, then the
+        mangled name when the name is demangled (always the last word). ENTRY is where an
+        entry probe by name goes and what a hit costs there: '+4 emulated' (the kernel
+        emulates the instruction, well under a microsecond) or '+0 stepped' (it
+        single-steps it, 10-20 us, included in a return probe's latency); '-' for an IFUNC
+        (its probe goes on the implementation) or unreadable code. USDT probes follow the
         functions as usdt:TARGET:PROVIDER:NAME lines, ready to use as probes (PATTERN
         matches PROVIDER:NAME or NAME; -v adds the site and argument specs).
 
@@ -26,7 +30,7 @@ struct List: ParsableCommand {
     @Option(name: .shortAndLong, help: "Resolve TARGET in this process's mappings.")
     var pid: Int32?
 
-    @Flag(name: .shortAndLong, help: "Also print address, size and IFUNC marks.")
+    @Flag(name: .shortAndLong, help: "Also print address, size, entry probe site and cost, IFUNC marks.")
     var verbose = false
 
     @Argument(help: "ELF file or library name.")
@@ -57,7 +61,8 @@ struct List: ParsableCommand {
             if verbose {
                 let address = "0x" + String(f.symbol.address, radix: 16)
                 let mangled = f.shown != f.symbol.name ? " " + f.symbol.name : ""
-                text += "\(address.padding(18)) \(String(f.symbol.size).padding(8)) \(f.shown)\(f.symbol.isIFunc ? " [ifunc]" : "")\(mangled)\n"
+                text += "\(address.padding(18)) \(String(f.symbol.size).padding(8)) \(entryText(f.symbol, in: image).padding(13)) "
+                    + "\(f.shown)\(f.symbol.isIFunc ? " [ifunc]" : "")\(mangled)\n"
             } else {
                 text += f.shown + "\n"
             }
@@ -88,4 +93,13 @@ extension String {
     func padding(_ width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
     }
+}
+
+/// ENTRY of `utap list -v`: where an entry probe on `symbol` goes and whether the kernel
+/// emulates the instruction there.
+private func entryText(_ symbol: ELFSymbol, in image: ELFImage) -> String {
+    guard !symbol.isIFunc, symbol.size > 0,
+          let code = image.bytes(atVirtualAddress: symbol.address, count: Int(clamping: symbol.size)) else { return "-" }
+    let entry = InstructionDecoder.entryPlacement(in: code)
+    return "+\(entry.offset) \(entry.emulated ? "emulated" : "stepped")"
 }

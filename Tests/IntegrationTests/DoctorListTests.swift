@@ -49,7 +49,16 @@ final class DoctorListTests: XCTestCase {
         let stripped = try Harness.utap(["list", Harness.target("args_stripped"), "add*"])
         XCTAssertEqual(stripped.stdout, "add2\n", "found through .dynsym alone")
         let libc = try Harness.utap(["list", "-v", "libc", "strlen"])
-        XCTAssertTrue(libc.stdout.hasSuffix(" strlen [ifunc]\n"), libc.stdout)
+        XCTAssertTrue(libc.stdout.hasSuffix(" -             strlen [ifunc]\n"), libc.stdout)
+        // ENTRY: where a probe by name goes and whether the kernel emulates it there.
+        func entry(_ target: String, _ name: String) throws -> String {
+            let line = try Harness.utap(["list", "-v", Harness.target(target), name]).stdout
+            return line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(2).prefix(2).joined(separator: " ")
+        }
+        XCTAssertEqual(try entry("args_nopie", "take_str"), "+3 emulated", "test %rdi,%rdi; je")
+        XCTAssertEqual(try entry("args_nopie", "add2"), "+0 stepped", "mov %rdi,utap_sink(%rip)")
+        XCTAssertEqual(try entry("args_pie", "add2"), "+4 stepped", "endbr64; mov")
+        XCTAssertEqual(try entry("fib", "fib"), "+0 emulated", "push")
         let none = try Harness.utap(["list", Harness.target("args_pie"), "nothing_matches*"])
         XCTAssertEqual(none.status, 1)
         XCTAssertTrue(none.stderr.hasPrefix("utap: error: "), none.stderr)

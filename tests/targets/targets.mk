@@ -27,6 +27,10 @@ TARGETS_FLAGS_threads     := -O2 -g -pthread -fcf-protection=full
 TARGETS_FLAGS_default     := -O2 -g
 # fib keeps frame pointers: --stack tests walk its recursion (the kernel unwinds by them).
 TARGETS_FLAGS_fib         := -O2 -g -fno-omit-frame-pointer
+# demo too, so 'make demo' shows --stack-ready code whose functions start with push %rbp,
+# which the kernel emulates: the latencies it prints are the function's, not a
+# single-step's (see 'utap list -v').
+TARGETS_FLAGS_demo        := -O2 -g -fno-omit-frame-pointer
 
 TARGETS_SIMPLE := sleeper demo fib forever
 
