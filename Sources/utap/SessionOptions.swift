@@ -69,6 +69,23 @@ struct SessionOptions: ParsableArguments {
         }
     }
 
+    /// The process `-p` names. A thread id (what `top -H` and `htop` show) stands for its
+    /// process, with a warning: probes see every thread of a process.
+    static func process(of given: Int32) throws(UtapError) -> Int32 {
+        if given <= 0 || (kill(given, 0) != 0 && errno == ESRCH) {
+            throw .usage("pid \(given): no such process")
+        }
+        if kill(given, 0) != 0 && errno == EPERM {
+            throw .runtime("pid \(given): not permitted to trace it (another user's process)",
+                           hint: "run utap as root, e.g. 'sudo utap trace -p \(given) ...'")
+        }
+        guard let status = try? readTextFile("/proc/\(given)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }),
+              let tgid = Int32(line.dropFirst(5).filter { !$0.isWhitespace }), tgid > 0, tgid != given else { return given }
+        warn("\(given) is a thread of process \(tgid): tracing the process, all its threads")
+        return tgid
+    }
+
     /// A year at most: deadlines must fit in nanoseconds.
     func checkSeconds(_ value: Double?, _ option: String) throws(UtapError) {
         if let value, !(value > 0 && value <= 366 * 86400) {
@@ -83,13 +100,7 @@ struct SessionOptions: ParsableArguments {
         if !fieldsAllowed, let spec = specs.first(where: { !$0.fields.isEmpty }) {
             throw .usage("probe '\(spec.name)': fields are not recorded here", hint: "use utap trace to see argument values")
         }
-        if let pid, pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH) {
-            throw .usage("pid \(pid): no such process")
-        }
-        if let pid, kill(pid, 0) != 0 && errno == EPERM {
-            throw .runtime("pid \(pid): not permitted to trace it (another user's process)",
-                           hint: "run utap as root, e.g. 'sudo utap trace -p \(pid) ...'")
-        }
+        let pid = try self.pid.map { (given) throws(UtapError) -> Int32 in try Self.process(of: given) }
         let program = try filter.map { (text: String) throws(UtapError) -> [FilterInstruction] in try FilterCompiler.compile(text) } ?? []
         if FilterCompiler.needsReturn(program), mode != .latency, let entry = specs.first(where: { $0.kind == .entry }) {
             throw .usage("--filter: ret and latency exist only on return probes, and '\(entry.name)' is an entry probe",

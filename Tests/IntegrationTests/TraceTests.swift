@@ -231,6 +231,23 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// -p with a thread id (as top -H shows) traces its process, every thread, and says so.
+    func testPidOfAThreadTracesItsProcess() throws {
+        try Harness.eachBackend { backend in
+            let target = try Harness.WaitingTarget("threads", ["50"])
+            let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(target.pid)/task").compactMap(Int32.init)
+            let thread = try XCTUnwrap(tasks.first { $0 != target.pid }, "threads starts its workers before it waits")
+            let utap = try Harness.Background(["trace", "--format", "json", "-p", String(thread), "work t=arg0:s32"])
+            XCTAssertEqual(target.go().stdout, "total=200\n")
+            let r = utap.wait()
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("utap: warning: \(thread) is a thread of process \(target.pid): tracing the process"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("Tracing 1 probe in pid \(target.pid) with \(backend)."), r.stderr)
+            XCTAssertEqual(Set(r.events("work").compactMap { $0.int("t") }), [0, 1, 2, 3], backend)
+            XCTAssertEqual(r.events("work").count, 200, backend)
+        }
+    }
+
     /// -p with a library the process has not loaded yet: the file it would load (found
     /// through its LD_LIBRARY_PATH here) is probed, with a warning, and its calls are seen
     /// once it dlopens it.
