@@ -72,6 +72,8 @@ public final class ELFImage: Sendable {
     /// not end, and saturating: a crafted symbol may run to the top of the address space.
     private let sized: [ELFSymbol]
     private let maxLast: [UInt64]
+    /// See `SymbolReader.primaryNames`.
+    private let primaryNames: Set<String>
 
     private init(path: String, fd: Int32, contents: Contents, debugFile: String?) {
         self.path = path
@@ -84,6 +86,7 @@ public final class ELFImage: Sendable {
         runPaths = contents.runPaths
         hasSymtab = contents.hasSymtab
         buildID = contents.buildID
+        primaryNames = contents.primaryNames
         byName = Dictionary(grouping: contents.functions, by: \.name)
         sized = contents.functions.filter { $0.size > 0 }
         var running: UInt64 = 0
@@ -209,7 +212,8 @@ public final class ELFImage: Sendable {
     }
 
     /// The function whose code contains `address`: the innermost one when symbols nest,
-    /// and among aliases of the same range the plainest name (fewest leading underscores).
+    /// and among aliases of the same range the plainest name: a global or local one in its
+    /// default version before a weak or old-version alias, then fewest leading underscores.
     /// Size-0 symbols never contain anything.
     public func enclosingFunction(of address: UInt64) -> ELFSymbol? {
         // Last symbol starting at or before `address`.
@@ -222,7 +226,7 @@ public final class ELFImage: Sendable {
         var index = low - 1
         while index >= 0 && maxLast[index] >= address {
             let candidate = sized[index]
-            if candidate.contains(address), best.map({ Self.isBetter(candidate, than: $0) }) ?? true {
+            if candidate.contains(address), best.map({ isBetter(candidate, than: $0) }) ?? true {
                 best = candidate
             }
             index -= 1
@@ -230,9 +234,11 @@ public final class ELFImage: Sendable {
         return best
     }
 
-    private static func isBetter(_ a: ELFSymbol, than b: ELFSymbol) -> Bool {
+    private func isBetter(_ a: ELFSymbol, than b: ELFSymbol) -> Bool {
         if a.address != b.address { return a.address > b.address }
         if a.size != b.size { return a.size < b.size }
+        let primaryA = primaryNames.contains(a.name), primaryB = primaryNames.contains(b.name)
+        if primaryA != primaryB { return primaryA }
         let underscoresA = a.name.prefix { $0 == "_" }.count
         let underscoresB = b.name.prefix { $0 == "_" }.count
         if underscoresA != underscoresB { return underscoresA < underscoresB }
@@ -343,12 +349,15 @@ private struct Contents {
     var hasSymtab = false
     var buildID: [UInt8] = []
     var debugLink: DebugFiles.Link?
+    /// See `SymbolReader.primaryNames`.
+    var primaryNames = Set<String>()
 
     /// Adds the functions of a separate debug file (one per name and address).
     mutating func addFunctions(of debug: Contents) {
         var seen = Set(functions.map { "\($0.address) \($0.name)" })
         functions += debug.functions.filter { seen.insert("\($0.address) \($0.name)").inserted }
         functions.sort { ($0.address, $0.name) < ($1.address, $1.name) }
+        primaryNames.formUnion(debug.primaryNames)
     }
 
     /// NT_GNU_BUILD_ID (3) from a note section, owner "GNU".
@@ -417,6 +426,7 @@ private struct Contents {
             reader.read(elf: elf, data: table.data, shdr: table.shdr, versions: isSymtab ? nil : versions)
         }
         contents.functions = reader.result().sorted { ($0.address, $0.name) < ($1.address, $1.name) }
+        contents.primaryNames = reader.primaryNames
         return contents
     }
 
@@ -429,6 +439,10 @@ private struct Contents {
 
         private var seen = Set<Key>()
         private var functions: [ELFSymbol] = []
+        /// Names seen at least once bound global or local, in their default version: the
+        /// ones to show among aliases (`free`, not its old-version alias `cfree`; `strchr`,
+        /// not its weak alias `index`).
+        private(set) var primaryNames = Set<String>()
         /// Non-default versions (`memcpy@GLIBC_2.2.5` beside `memcpy@@GLIBC_2.14`): kept
         /// only for names that have no default version, so a plain name means what a
         /// program linked today would call.
@@ -450,15 +464,16 @@ private struct Contents {
                 let full = String(cString: raw)
                 let name = String(full.prefix { $0 != "@" })
                 let nonDefault = name.count < full.utf8.count && !full.contains("@@")
-                guard !name.isEmpty, seen.insert(Key(name: name, address: sym.st_value)).inserted
-                else { continue }
-                let symbol = ELFSymbol(name: name, address: sym.st_value, size: sym.st_size,
-                                       isIFunc: type == STT_GNU_IFUNC)
+                guard !name.isEmpty else { continue }
+                // GELF_ST_BIND: the high nibble; 2 is STB_WEAK.
                 var version = GElf_Versym()
                 // 0x8000 is VERSYM_HIDDEN: not the default version of the name.
-                if nonDefault {
-                    hidden.append(symbol)
-                } else if let versions, gelf_getversym(versions, index, &version) != nil, version & 0x8000 != 0 {
+                let hiddenVersion = nonDefault || (versions.map { gelf_getversym($0, index, &version) != nil } ?? false && version & 0x8000 != 0)
+                if sym.st_info >> 4 != 2 && !hiddenVersion { primaryNames.insert(name) }
+                guard seen.insert(Key(name: name, address: sym.st_value)).inserted else { continue }
+                let symbol = ELFSymbol(name: name, address: sym.st_value, size: sym.st_size,
+                                       isIFunc: type == STT_GNU_IFUNC)
+                if hiddenVersion {
                     hidden.append(symbol)
                 } else {
                     functions.append(symbol)

@@ -311,6 +311,19 @@ final class ELFImageTests: XCTestCase {
         XCTAssertTrue(image.isSharedObject)
     }
 
+    /// Among aliases, code addresses are named by the name a program links against today:
+    /// not an old version (`cfree@GLIBC_2.2.5`) nor a weak alias (`index`).
+    func testAliasesAreNamedByTheirCurrentGlobalName() throws {
+        let image = try ELFImage.open(libcPath)
+        let dynamic = try Toolchain.symbols(of: libcPath, dynamic: true)
+        let free = try XCTUnwrap(dynamic["free@@GLIBC_2.2.5"]).value
+        XCTAssertNotNil(dynamic["cfree@GLIBC_2.2.5"], "libc keeps cfree as an old-version alias of free")
+        XCTAssertEqual(image.enclosingFunction(of: free + 3)?.name, "free")
+        let strchr = try XCTUnwrap(dynamic["strchr@@GLIBC_2.2.5"]).value
+        XCTAssertEqual(dynamic["index@@GLIBC_2.2.5"]?.value, strchr, "index is a weak alias of strchr")
+        XCTAssertEqual(image.enclosingFunction(of: strchr)?.name, "strchr")
+    }
+
     func testSuggestions() throws {
         let directory = try Toolchain.temporaryDirectory(self)
         let image = try ELFImage.open(try Toolchain.compile(Self.program, to: "prog", in: directory, flags: []))
