@@ -117,6 +117,7 @@ struct AggregateRunner {
         }
         let lost = session.lostCounts().reduce(0, +)
         session.detach()
+        stops.hintUnfollowedChildren(eventsSeen: reported.counts.reduce(0, +) + reported.histograms.reduce(0) { $0 + $1.count })
         if lost > 0 {
             warn("\(lost) hits could not be counted (the per-process table was full)")
         }

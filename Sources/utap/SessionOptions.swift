@@ -138,7 +138,8 @@ struct SessionOptions: ParsableArguments {
             let place = launched.map { "\(command[0]) (pid \($0.pid))" } ?? pid.map { "pid \($0)" } ?? "all processes"
             let n = resolved.count
             warn("Tracing \(n) probe\(n == 1 ? "" : "s") in \(place) with \(backendName). Ctrl-C to stop.", prefix: false)
-            return LiveSession(session: session, probes: resolved, output: output, command: launched, tracedPid: pid)
+            return LiveSession(session: session, probes: resolved, output: output, command: launched, tracedPid: pid,
+                               followsForks: followForks)
         } catch {
             launched?.abandon()
             throw error
@@ -193,6 +194,8 @@ struct LiveSession {
     let output: OutputBuffer
     let command: LaunchedCommand?
     let tracedPid: Int32?
+    /// --follow-forks: the command's (or process's) children are traced too.
+    let followsForks: Bool
 
     var descriptors: [ProbeDescriptor] { probes.map(\.descriptor) }
 }

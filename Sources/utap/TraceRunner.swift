@@ -23,12 +23,15 @@ struct StopConditions {
     let command: LaunchedCommand?
     let tracedPid: Int32?
     let deadline: UInt64?
+    /// For a COMMAND whose children are not followed: whether it started any.
+    let children: ChildWatch?
 
     init(live: LiveSession, duration: Double?) {
         session = live.session
         command = live.command
         tracedPid = live.tracedPid
         deadline = duration.map { monotonicNow() + UInt64($0 * 1e9) }
+        children = live.followsForks ? nil : live.command.map { ChildWatch(pid: $0.pid) }
     }
 
     /// Installed before anything is attached: a Ctrl-C during the attach must still end
@@ -55,9 +58,18 @@ struct StopConditions {
         } else if let status = command?.pollExit() {
             return .commandExited(status)
         }
+        if processToo { children?.look() }
         if processToo, let tracedPid, ProcessState.hasExited(tracedPid) { return .processExited }
         if let deadline, monotonicNow() >= deadline { return .duration }
         return nil
+    }
+
+    /// Says, when the probes saw nothing, that the command started processes they do not
+    /// see: a script that runs the program to trace is the usual reason for an empty trace.
+    func hintUnfollowedChildren(eventsSeen: UInt64) {
+        guard eventsSeen == 0, children?.sawChildren == true else { return }
+        warn("utap: hint: the command started child processes, which are not traced without --follow-forks",
+             prefix: false)
     }
 
     /// utap's exit status once tracing stopped for `reason`: the command's status when
@@ -243,7 +255,24 @@ struct TraceRunner {
             } catch OutputError.brokenPipe {}
             try summaryWriter?.summary(summary)
             try summaryWriter?.flush()
+            stops.hintUnfollowedChildren(eventsSeen: tally.total)
         }
         return stops.exitStatus(after: stop!)
+    }
+}
+
+/// Whether a process started children: its main thread's children list in /proc, looked
+/// at on each slow check (a child that lives less than that may go unseen).
+final class ChildWatch {
+    let pid: Int32
+    private(set) var sawChildren = false
+
+    init(pid: Int32) {
+        self.pid = pid
+    }
+
+    func look() {
+        guard !sawChildren, let text = try? readTextFile("/proc/\(pid)/task/\(pid)/children") else { return }
+        sawChildren = text.contains { $0.isNumber }
     }
 }

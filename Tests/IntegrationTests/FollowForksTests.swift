@@ -35,6 +35,26 @@ final class FollowForksTests: XCTestCase {
         XCTAssertGreaterThan(mixed.events(forever + ":tick").count, 50, "the child ticks every ms for 0.3 s")
     }
 
+    /// An empty trace of a command that started processes says why, once: the usual case
+    /// is a script that runs the program to trace. Not when something was seen, nor when
+    /// the children were followed.
+    func testAnEmptyTraceOfACommandWithChildrenSaysSo() throws {
+        let pie = Harness.target("args_pie")
+        let script = "sleep 0.3; '\(pie)' 3 >/dev/null"
+        let hint = "utap: hint: the command started child processes, which are not traced without --follow-forks\n"
+        try Harness.eachBackend { backend in
+            for command in ["trace", "count"] {
+                let empty = try Harness.utap([command, pie + ":add2", "--", "/bin/sh", "-c", script])
+                XCTAssertEqual(empty.status, 0, empty.stderr)
+                XCTAssertTrue(empty.stderr.hasSuffix(hint), "\(backend) \(command): \(empty.stderr)")
+                let followed = try Harness.utap([command, "--follow-forks", pie + ":add2", "--", "/bin/sh", "-c", script])
+                XCTAssertFalse(followed.stderr.contains("hint:"), "\(backend) \(command): \(followed.stderr)")
+            }
+            let alone = try Harness.utap(["trace", pie + ":add2", "--", pie, "3"])
+            XCTAssertFalse(alone.stderr.contains("hint:"), alone.stderr)
+        }
+    }
+
     func testNeedsAProcess() throws {
         let r = try Harness.utap(["trace", "--follow-forks", "libc:malloc"])
         XCTAssertEqual(r.status, 2)
