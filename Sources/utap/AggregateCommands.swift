@@ -23,7 +23,7 @@ struct Count: ParsableCommand {
     @Flag(help: "One row per probe and process.")
     var byPid = false
 
-    @Option(help: "Also print a report every SECONDS (that interval's counts).")
+    @Option(parsing: .unconditional, help: "Also print a report every SECONDS (that interval's counts).")
     var interval: Double?
 
     func run() throws {
@@ -56,7 +56,7 @@ struct Latency: ParsableCommand {
 
     @OptionGroup var options: SessionOptions
 
-    @Option(help: "Also print a report every SECONDS (that interval's latencies).")
+    @Option(parsing: .unconditional, help: "Also print a report every SECONDS (that interval's latencies).")
     var interval: Double?
 
     func run() throws {

@@ -29,7 +29,7 @@ struct SessionOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "Write to FILE instead of stdout.")
     var output: String?
 
-    @Option(help: "Stop after SECONDS.")
+    @Option(parsing: .unconditional, help: "Stop after SECONDS.")
     var duration: Double?
 
     @Option(help: "How return probes see returns: hijack (uretprobe), sites (a probe on each ret; C++ exceptions pass), or auto (sites for C++ and Go).")
@@ -41,7 +41,7 @@ struct SessionOptions: ParsableArguments {
     @Flag(help: "Also trace the processes the traced one forks (and theirs). Probes then fire in every process that maps the file and are filtered in the kernel.")
     var followForks = false
 
-    @Option(help: "Refuse globs that expand to more probes than this.")
+    @Option(parsing: .unconditional, help: "Refuse globs that expand to more probes than this.")
     var maxProbes: Int = 1000
 
     @Argument(help: "Probes, one per shell word.")

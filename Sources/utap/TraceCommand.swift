@@ -44,10 +44,10 @@ struct Trace: ParsableCommand {
     @Flag(help: "Add the user stack to each event, symbolized (walked by frame pointers).")
     var stack = false
 
-    @Option(help: "Stop after N events.")
+    @Option(parsing: .unconditional, help: "Stop after N events.")
     var maxEvents: UInt64?
 
-    @Option(help: "Ring buffer size in MiB (bpf), a power of two, split over the CPUs' rings.")
+    @Option(parsing: .unconditional, help: "Ring buffer size in MiB (bpf), a power of two, split over the CPUs' rings.")
     var bufferMb: Int = 32
 
     func run() throws {

@@ -241,6 +241,10 @@ final class ErrorTests: XCTestCase {
             (["--max-events", "0"], ["--max-events"]),
             (["--format", "xml"], ["--format", "xml"]),
             (["--backend", "foo"], ["--backend", "foo"]),
+            // A negative number is the option's value, not another option.
+            (["--duration", "-1"], ["--duration -1.0", "above 0"]),
+            (["--max-events", "-5"], ["--max-events", "'-5'"]),
+            (["--buffer-mb", "-1"], ["--buffer-mb -1", "power of two"]),
         ]
         for c in cases {
             assertFails(["trace"] + c.args + probe, status: 2, mentions: c.mentions)
