@@ -103,6 +103,10 @@ struct AggregateRunner {
                 var pause = timespec(tv_sec: 0, tv_nsec: Int(Self.tickNs))
                 nanosleep(&pause, nil) // a signal cuts it short
                 stop = stops.check(processToo: true)
+                // Nothing streams here, but a poll is where a session reports that it
+                // failed (the ptrace tracer thread): without it a failure would look like
+                // a trace that never ends.
+                if stop == nil { _ = try session.poll(timeoutMs: 0, deliver: { _ in }) }
                 if stop == nil, let due = nextReport, monotonicNow() >= due {
                     try reportNew()
                     nextReport = due + step!
