@@ -227,7 +227,9 @@ public final class PtraceEngine {
         case PT.EVENT_STOP:
             eventStop(thread, signal)
         case PT.EVENT_CLONE:
-            if let child = PT.eventMessage(tid) {
+            // A thread whose first stop came before this event was adopted then and may be
+            // mid-step already: its state is kept, not replaced by a fresh one.
+            if let child = PT.eventMessage(tid), threads[child] == nil {
                 let new = TracedThread(tid: child, pid: thread.pid, space: thread.space)
                 new.emitsEvents = thread.emitsEvents
                 announce(new)
