@@ -110,15 +110,7 @@ public final class ELFImage: Sendable {
             throw .usage("'\(path)': \(openFailure(errno))")
         }
         do throws(UtapError) {
-            var info = stat()
-            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
-                throw UtapError.usage(info.st_mode & S_IFMT == S_IFDIR
-                    ? "'\(path)': is a directory" : "'\(path)': not a regular file")
-            }
-            if let problem = headerProblem(readHeader(fd)) {
-                throw UtapError.usage("'\(path)': \(problem)")
-            }
-            var contents = try Contents.read(fd: fd, path: path)
+            var contents = try checkedContents(fd: fd, path: path)
             var debugFile: String?
             if !contents.hasSymtab, let debug = findDebugContents(of: path, contents) {
                 contents.addFunctions(of: debug.contents)
@@ -131,15 +123,27 @@ public final class ELFImage: Sendable {
         }
     }
 
+    /// The contents of the open file `fd`, once it is known to be a regular file and an
+    /// x86-64 ELF (else a usage error saying what it is).
+    private static func checkedContents(fd: Int32, path: String) throws(UtapError) -> Contents {
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            throw UtapError.usage(info.st_mode & S_IFMT == S_IFDIR
+                ? "'\(path)': is a directory" : "'\(path)': not a regular file")
+        }
+        if let problem = headerProblem(readHeader(fd)) {
+            throw UtapError.usage("'\(path)': \(problem)")
+        }
+        return try Contents.read(fd: fd, path: path)
+    }
+
     /// The first debug file of `DebugFiles.candidates` that is one for this file.
     private static func findDebugContents(of path: String, _ contents: Contents) -> (path: String, contents: Contents)? {
         for candidate in DebugFiles.candidates(for: path, buildID: contents.buildID, link: contents.debugLink) {
             let fd = Glibc.open(candidate.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
             guard fd >= 0 else { continue }
             defer { close(fd) }
-            var info = stat()
-            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, headerProblem(readHeader(fd)) == nil,
-                  let debug = try? Contents.read(fd: fd, path: candidate.path), debug.hasSymtab else { continue }
+            guard let debug = try? checkedContents(fd: fd, path: candidate.path), debug.hasSymtab else { continue }
             let matches = candidate.crc.map { DebugFiles.crc32(ofFile: candidate.path) == $0 } ?? (debug.buildID == contents.buildID)
             if matches { return (candidate.path, debug) }
         }

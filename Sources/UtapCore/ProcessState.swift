@@ -1,6 +1,7 @@
 import Glibc
 
-/// Liveness of a process utap traces but did not start (so cannot wait for).
+/// Liveness and /proc status of a process utap traces but did not start (so cannot wait
+/// for).
 public enum ProcessState {
     /// True once the process has exited, including while it is a zombie nobody reaped yet.
     public static func hasExited(_ pid: Int32) -> Bool {
@@ -10,5 +11,16 @@ public enum ProcessState {
         guard let close = stat.lastIndex(of: ")") else { return true }
         let state = stat[stat.index(after: close)...].dropFirst().first
         return state == "Z" || state == "X"
+    }
+
+    /// A number field of /proc/PID[/task/TID]/status (`Tgid`, `TracerPid`), nil when the
+    /// process (thread) is gone or has no such field.
+    public static func statusNumber(_ field: String, pid: Int32, tid: Int32? = nil) -> Int32? {
+        let path = tid.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
+        guard let text = try? readTextFile(path) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
+            return Int32(line.dropFirst(field.count + 1).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
+        }
+        return nil
     }
 }

@@ -450,12 +450,7 @@ public final class TracedProcess {
 
     /// TracerPid from /proc/PID[/task/TID]/status, nil when the process (thread) is gone.
     static func tracerPid(_ pid: Int32, tid: Int32? = nil) -> Int32? {
-        let path = tid.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
-        guard let text = try? readTextFile(path) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("TracerPid:") {
-            return Int32(line.dropFirst("TracerPid:".count).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
-        }
-        return nil
+        ProcessState.statusNumber("TracerPid", pid: pid, tid: tid)
     }
 
     static func taskIDs(_ pid: Int32) throws(UtapError) -> [Int32] {

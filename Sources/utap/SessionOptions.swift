@@ -79,9 +79,7 @@ struct SessionOptions: ParsableArguments {
             throw .runtime("pid \(given): not permitted to trace it (another user's process)",
                            hint: "run utap as root, e.g. 'sudo utap trace -p \(given) ...'")
         }
-        guard let status = try? readTextFile("/proc/\(given)/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }),
-              let tgid = Int32(line.dropFirst(5).filter { !$0.isWhitespace }), tgid > 0, tgid != given else { return given }
+        guard let tgid = ProcessState.statusNumber("Tgid", pid: given), tgid > 0, tgid != given else { return given }
         warn("\(given) is a thread of process \(tgid): tracing the process, all its threads")
         return tgid
     }
