@@ -137,14 +137,15 @@ final class PtraceCorpusTests: XCTestCase {
                        "the inner function returns first")
     }
 
-    /// utap stops (--duration) while the thread is blocked in read() inside a
-    /// return-probed function: the hijacked return address is put back, and the program
-    /// finishes as it would untraced.
+    /// utap stops (--max-events 1: right after the entry) while the thread is blocked in
+    /// read() inside a return-probed function, 400 ms before its return: the hijacked
+    /// return address is put back, and the program finishes as it would untraced.
+    /// (A --duration here raced the program's start on a loaded machine.)
     func testDetachWhileBlockedInAProbedRead() throws {
         let program = Self.program("returns")
         let path = NSTemporaryDirectory() + "utap-block-\(getpid()).out"
         defer { unlink(path) }
-        var r = try Harness.utap(["trace", "--backend", "ptrace", "--format", "json", "-o", path, "--duration", "0.05",
+        var r = try Harness.utap(["trace", "--backend", "ptrace", "--format", "json", "-o", path, "--max-events", "1",
                                   "\(program):blocking_read", "\(program):blocking_read%return", "--", program, "block"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "blocking_read ret=120\n")

@@ -10,12 +10,12 @@
  *                          -> deep(5), which longjmps back: no deep() call ever returns.
  *                          -> "longjmp rounds=10 depth=5"
  *   returns block          blocking_read(fd) sits in read() on a pipe until a helper
- *                          thread writes 'x' to it 200 ms later; returns the byte.
+ *                          thread writes 'x' to it 400 ms later; returns the byte.
  *                          -> "blocking_read ret=120"
  *
  * Hits (entries/returns) with the defaults: fib 21891/21891; tail_a 10/10 and tail_b
  * 10/10 (but only 10 return instructions run in all: tail_b's); deep 50/0;
- * blocking_read 1/1, >= 200 ms from entry to return.
+ * blocking_read 1/1, >= 400 ms from entry to return.
  */
 #include "../common.h"
 #include <pthread.h>
@@ -84,7 +84,7 @@ static int pipefd[2];
 static void *late_writer(void *arg)
 {
     (void)arg;
-    struct timespec t = { 0, 200 * 1000000L };
+    struct timespec t = { 0, 400 * 1000000L };
     while (nanosleep(&t, &t) != 0)
         ;
     if (write(pipefd[1], "x", 1) != 1)
