@@ -1,6 +1,6 @@
 /// How a return probe observes the return.
 public enum ReturnMode: String, CaseIterable, Sendable {
-    /// `sites` for C++ (it links a C++ runtime) and Go programs, `hijack` otherwise.
+    /// `sites` for code that is unwound through (C++, Rust and Go), `hijack` otherwise.
     case auto
     /// A kernel uretprobe: the return address on the stack is replaced by a trampoline.
     /// Cheap, sees every return, but an unwinder walking through the frame (a C++
@@ -38,9 +38,14 @@ extension ProbeResolver {
         return placed
     }
 
-    /// Programs whose runtime walks stacks through every frame: C++ (exceptions) and Go.
+    /// Code whose frames an unwinder walks through: C++ (exceptions), Rust (a panic unwinds
+    /// to the thread's start, where join() reports it; through a hijacked frame it aborts
+    /// the process with "failed to initiate panic") and Go (stack growth). Seen as a link
+    /// to a C++ runtime or to libgcc_s (Rust's std links it for its unwinder, as libstdc++
+    /// does), an unwinder linked in (static C++ and Rust), or Go's runtime.
     static func unwindsThroughFrames(_ image: ELFImage) -> Bool {
-        image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") }
+        image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") || $0.hasPrefix("libgcc_s") }
+            || !image.functions(named: "_Unwind_RaiseException").isEmpty
             || !image.functions(named: "runtime.main").isEmpty
     }
 }

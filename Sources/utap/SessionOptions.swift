@@ -32,7 +32,7 @@ struct SessionOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Stop after SECONDS.")
     var duration: Double?
 
-    @Option(help: "How return probes see returns: hijack (uretprobe), sites (a probe on each ret; C++ exceptions pass), or auto (sites for C++ and Go).")
+    @Option(help: "How return probes see returns: hijack (uretprobe), sites (a probe on each ret; C++ exceptions pass), or auto (sites for C++, Rust and Go).")
     var returnMode: ReturnMode = .auto
 
     @Option(help: "Record only hits where EXPR holds, decided in the kernel: comparisons of argN[:TYPE], ret, pid, tid, comm, latency with && || ! ( ).")

@@ -7,15 +7,8 @@ import XCTest
 final class DemangleTests: XCTestCase {
     override func setUp() async throws {
         try Harness.requirePrivileges()
-        var missing: [String] = []
-        for name in ["demangle_cxx", "demangle_rs_v0", "demangle_rs_legacy", "demangle_swift"]
-        where access(Harness.target(name), X_OK) != 0 {
-            missing.append(name)
-        }
-        guard !missing.isEmpty else { return }
-        let reason = "no \(missing.joined(separator: ", ")) in \(Harness.targets) (run make targets; it needs g++, rustc and swiftc)"
-        if Harness.inCI { XCTFail(reason) }
-        throw XCTSkip(reason)
+        try Harness.requireTargets(["demangle_cxx", "demangle_rs_v0", "demangle_rs_legacy", "demangle_swift"],
+                                   builtWith: "g++, rustc and swiftc")
     }
 
     /// Runs `utap SUBCOMMAND -o FILE OPTIONS PROBES -- TARGET ARGS` and reads FILE.

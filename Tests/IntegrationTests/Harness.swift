@@ -39,6 +39,20 @@ enum Harness {
         throw XCTSkip(reason)
     }
 
+    /// Skips (locally) or fails (CI) unless the targets `names` were built: they need
+    /// compilers (`tools`) beyond the C toolchain.
+    static func requireTargets(_ names: [String], builtWith tools: String,
+                               file: StaticString = #filePath, line: UInt = #line) throws {
+        let missing = names.filter { access(target($0), X_OK) != 0 }
+        guard !missing.isEmpty else { return }
+        let reason = "no \(missing.joined(separator: ", ")) in \(targets) (run make targets; it needs \(tools))"
+        if inCI {
+            XCTFail(reason, file: file, line: line)
+            throw XCTSkip("failed: " + reason)
+        }
+        throw XCTSkip(reason)
+    }
+
     struct Result {
         var status: Int32
         var stdout: String

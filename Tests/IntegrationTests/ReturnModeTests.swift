@@ -47,6 +47,22 @@ final class ReturnModeTests: XCTestCase {
         }
     }
 
+    /// The same for Rust: a panic unwinding through a hijacked frame makes the Rust
+    /// runtime abort ("failed to initiate panic"), so auto picks sites for Rust programs
+    /// (they link libgcc_s, Rust's unwinder) and the panics are caught as untraced.
+    func testRustPanicsPassThroughReturnSitesByDefault() throws {
+        try Harness.requireTargets(["panics"], builtWith: "rustc")
+        try Harness.eachBackend { backend in
+            let r = try trace("auto", ["panics::middle%return r=ret:s64"], "panics", ["10"])
+            XCTAssertEqual(r.status, 0, "\(backend): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "panicked=5 sum=25\n", backend)
+            XCTAssertEqual(r.events("panics::middle%return").map { $0.int("r")! }, [1, 3, 5, 7, 9], backend)
+            let hijack = try trace("hijack", ["panics::middle%return r=ret:s64"], "panics", ["10"])
+            XCTAssertEqual(hijack.status, 128 + SIGABRT, "\(backend): \(hijack.stderr)")
+            XCTAssertTrue(hijack.stderr.contains("failed to initiate panic"), hijack.stderr)
+        }
+    }
+
     /// For ordinary C both modes see the same returns with the same values.
     func testSitesAndHijackAgreeOnC() throws {
         try Harness.eachBackend { backend in

@@ -1,5 +1,5 @@
 # Targets beyond targets.mk: USDT (sys/sdt.h from systemtap-sdt-dev, installed by make
-# deps) and C++ exceptions.
+# deps), C++ exceptions and Rust panics.
 TARGETS_OUT ?= .build/targets
 TARGETS_SRC_MORE := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
@@ -13,3 +13,9 @@ targets: $(TARGETS_OUT)/exceptions
 
 $(TARGETS_OUT)/exceptions: $(TARGETS_SRC_MORE)/exceptions.cpp | $(TARGETS_OUT)
 	$(CXX) -O2 -g -fno-omit-frame-pointer -Wall -Wextra -o $@ $<
+
+# Rust panics through return-probed frames (--return-mode auto picks sites for Rust).
+targets: $(TARGETS_OUT)/panics
+
+$(TARGETS_OUT)/panics: $(TARGETS_SRC_MORE)/panics.rs | $(TARGETS_OUT)
+	$(TARGETS_RUSTC) $(TARGETS_RUSTFLAGS) -o $@ $<
