@@ -79,6 +79,9 @@ struct SessionOptions: ParsableArguments {
             throw .runtime("pid \(given): not permitted to trace it (another user's process)",
                            hint: "run utap as root, e.g. 'sudo utap trace -p \(given) ...'")
         }
+        if ProcessState.hasExited(given) {
+            throw .usage("pid \(given): has exited (a zombie its parent has not reaped)")
+        }
         guard let tgid = ProcessState.statusNumber("Tgid", pid: given), tgid > 0, tgid != given else { return given }
         warn("\(given) is a thread of process \(tgid): tracing the process, all its threads")
         return tgid
@@ -145,8 +148,25 @@ struct SessionOptions: ParsableArguments {
     }
 
     /// Attaches with the chosen backend. `auto` takes bpf when it can load and attach,
-    /// else ptrace for a single process, saying why in one line on stderr.
+    /// else ptrace for a single process, saying why in one line on stderr. A process that
+    /// exits meanwhile is named as the reason (its files vanish from /proc/PID/root, and
+    /// the backends would report a missing file).
     func attach(_ plan: TracePlan) throws(UtapError) -> (TraceSession, String) {
+        do throws(UtapError) {
+            return try attachWithBackend(plan)
+        } catch {
+            try checkStillRunning(plan)
+            throw error
+        }
+    }
+
+    private func checkStillRunning(_ plan: TracePlan) throws(UtapError) {
+        if case .process(let pid) = plan.scope, ProcessState.hasExited(pid) {
+            throw .runtime("pid \(pid) exited before its probes were attached")
+        }
+    }
+
+    private func attachWithBackend(_ plan: TracePlan) throws(UtapError) -> (TraceSession, String) {
         switch backend {
         case .ptrace:
             return (try PtraceBackend().attach(plan), "ptrace")
@@ -163,6 +183,7 @@ struct SessionOptions: ParsableArguments {
             } else {
                 reason = "utap lacks CAP_BPF and CAP_PERFMON"
             }
+            try checkStillRunning(plan)
             guard case .process = plan.scope else {
                 throw .runtime("cannot use the bpf backend: \(reason)",
                                hint: "run utap as root, or give -p PID or -- COMMAND so ptrace can be used instead")

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import UtapCore
 import XCTest
 
 /// Bad input: each case fails with the contract's exit status (2 usage, 1 runtime), one
@@ -163,6 +164,30 @@ final class ErrorTests: XCTestCase {
         XCTAssertTrue(kill(999_999, 0) != 0 && errno == ESRCH, "pid 999999 exists on this machine")
         assertFails(["trace", "-p", "999999", "tick"], status: 2, mentions: ["999999"])
         assertFails(["trace", "-p", "999999", argsPie + ":add2"], status: 2, mentions: ["999999"])
+    }
+
+    /// A zombie (exited, not reaped) is named as such, on both backends, not reported as
+    /// a process without libraries or an executable.
+    func testZombiePid() throws {
+        // sh runs `sleep 0` in the background and then becomes `sleep 5`, which never
+        // reaps it.
+        let parent = Process()
+        parent.executableURL = URL(fileURLWithPath: "/bin/sh")
+        parent.arguments = ["-c", "sleep 0 & exec sleep 5"]
+        try parent.run()
+        defer { parent.terminate(); parent.waitUntilExit() }
+        var zombie: Int32 = 0
+        for _ in 0..<500 where zombie == 0 {
+            usleep(10_000)
+            let children = (try? String(contentsOfFile: "/proc/\(parent.processIdentifier)/task/\(parent.processIdentifier)/children",
+                                        encoding: .utf8)) ?? ""
+            if let child = Int32(children.split(separator: " ").first ?? ""), ProcessState.hasExited(child) { zombie = child }
+        }
+        XCTAssertNotEqual(zombie, 0, "no zombie child appeared")
+        for backend in ["auto", "ptrace"] {
+            assertFails(["trace", "--backend", backend, "-p", String(zombie), "libc:malloc"], status: 2, mentions: ["\(zombie)", "zombie"])
+            assertFails(["trace", "--backend", backend, "-p", String(zombie), "malloc"], status: 2, mentions: ["\(zombie)", "zombie"])
+        }
     }
 
     /// Not an error: the traced process going away ends the trace by itself, with status 0.
