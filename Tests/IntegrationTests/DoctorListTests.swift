@@ -23,6 +23,7 @@ final class DoctorListTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("ok    bpf round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
         XCTAssertTrue(r.stdout.contains("ok    ptrace round trip: probed libc:exit in /usr/bin/true, 1 of 1 call seen"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("--    ptrace wake-up: idle CPUs kept awake while hits come back to back"), r.stdout)
         XCTAssertFalse(r.stdout.contains("FAIL"), r.stdout)
         XCTAssertTrue(r.stdout.hasSuffix("backend auto picks: bpf (every bpf check passed)\n"), r.stdout)
     }

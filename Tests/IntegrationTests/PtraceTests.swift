@@ -125,6 +125,53 @@ final class PtraceTests: XCTestCase {
         XCTAssertEqual(try TextCheck.differences(pid: target.pid, path: forever), [])
         XCTAssertEqual(Glibc.kill(target.pid, 0), 0, "still running")
     }
+
+    /// The CPU wake-latency request in force (a read of /dev/cpu_dma_latency gives it, in
+    /// µs), or nil when the machine has no such device.
+    private static func cpuWakeLatency() -> Int32? {
+        let fd = open("/dev/cpu_dma_latency", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var value: Int32 = -1
+        return read(fd, &value, 4) == 4 ? value : nil
+    }
+
+    /// Samples the request in force every 2 ms while `utap` runs; then its result.
+    private static func sampleWakeLatency(_ utap: Harness.Background) -> ([Int32], Harness.Result) {
+        var samples: [Int32] = []
+        while utap.process.isRunning {
+            if let value = cpuWakeLatency() { samples.append(value) }
+            usleep(2000)
+        }
+        return (samples, utap.wait())
+    }
+
+    /// While hits come back to back the tracer asks that idle CPUs wake at once (a 0 µs
+    /// CPU latency request); hits 1 ms apart never take it; utap's end drops it.
+    func testWakeLatencyIsRequestedOnlyWhileHitsComeBackToBack() throws {
+        guard let before = Self.cpuWakeLatency() else {
+            let reason = "no /dev/cpu_dma_latency on this machine"
+            if Harness.inCI { XCTFail(reason) }
+            throw XCTSkip(reason)
+        }
+        guard before != 0 else { throw XCTSkip("another process holds a 0 µs CPU latency request: nothing to observe") }
+        let ticking = try Harness.WaitingTarget("forever", [])
+        defer { ticking.kill() }
+        ticking.release()
+        let sparse = try Harness.Background(["trace", "--backend", "ptrace", "--duration", "0.5", "-o", "/dev/null",
+                                             "-p", String(ticking.pid), "tick"])
+        let (quiet, sparseResult) = Self.sampleWakeLatency(sparse)
+        XCTAssertEqual(sparseResult.status, 0, sparseResult.stderr)
+        XCTAssertGreaterThan(quiet.count, 20)
+        XCTAssertFalse(quiet.contains(0), "hits 1 ms apart took the request")
+
+        let hot = try Harness.Background(["count", "--backend", "ptrace", "probe_me", "--", Harness.target("ptrace/loop"), "100000"])
+        let (busy, hotResult) = Self.sampleWakeLatency(hot)
+        XCTAssertEqual(hotResult.status, 0, hotResult.stderr)
+        XCTAssertTrue(hotResult.stdout.contains("100000"), hotResult.stdout)
+        XCTAssertTrue(busy.contains(0), "back-to-back hits did not take the request: \(busy.count) samples")
+        XCTAssertEqual(Self.cpuWakeLatency(), before, "utap's end dropped the request")
+    }
 }
 
 /// Compares a process's r-x mappings of a file with the file's bytes.
