@@ -8,7 +8,7 @@ public struct ProbeResolver {
     /// The COMMAND's executable (resolved path), when utap starts one.
     public var executable: String?
     /// Warnings for the user (e.g. an address whose boundary could not be checked).
-    public private(set) var warnings: [String] = []
+    public internal(set) var warnings: [String] = []
     private var images: [String: ELFImage] = [:]
     private var demangled: [String: DemangledFunctions] = [:]
 

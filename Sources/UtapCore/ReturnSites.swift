@@ -13,6 +13,36 @@ public enum ReturnMode: String, CaseIterable, Sendable {
 }
 
 extension ProbeResolver {
+    /// Places the return probes among `probes` (what `spec` resolved to) as `mode` says.
+    /// A glob's functions without a `ret` (they never return) are left out with one
+    /// warning, as a return probe there would never fire; a probe naming one function is
+    /// refused.
+    public mutating func placeReturns(_ probes: [ResolvedProbe], of spec: ProbeSpec, mode: ReturnMode) throws(UtapError) -> [ResolvedProbe] {
+        guard case .glob(let pattern) = spec.location else {
+            return try probes.map { (probe) throws(UtapError) in try placeReturn(probe, mode: mode) }
+        }
+        var placed: [ResolvedProbe] = [], skipped: [String] = []
+        for probe in probes {
+            do throws(UtapError) {
+                placed.append(try placeReturn(probe, mode: mode))
+            } catch where error.message.hasSuffix(Self.noReturnReason) {
+                skipped.append(probe.function ?? probe.name)
+            }
+        }
+        if !skipped.isEmpty {
+            let shown = skipped.prefix(3).joined(separator: ", ") + (skipped.count > 3 ? ", …" : "")
+            guard !placed.isEmpty else {
+                throw .usage("probe '\(spec.name)': no function matching '\(pattern)' has a ret instruction (\(shown))",
+                             hint: "probe their entries; if they return by tail calls, use --return-mode hijack")
+            }
+            warnings.append("probe '\(spec.name)': \(skipped.count) of the functions matching '\(pattern)' have no ret "
+                            + "instruction (they never return, or only by tail calls), left out: \(shown)")
+        }
+        return placed
+    }
+
+    static let noReturnReason = "has no ret instruction (it never returns, or only by tail calls)"
+
     /// Puts a return probe on its function's `ret` instructions when `mode` says so.
     public mutating func placeReturn(_ probe: ResolvedProbe, mode: ReturnMode) throws(UtapError) -> ResolvedProbe {
         guard probe.kind == .return else { return probe }
@@ -25,8 +55,7 @@ extension ProbeResolver {
                          hint: "use --return-mode hijack")
         }
         guard !returns.isEmpty else {
-            throw .usage("probe '\(probe.name)': \(function.name) has no ret instruction (it never returns, or only by tail calls)",
-                         hint: "use --return-mode hijack")
+            throw .usage("probe '\(probe.name)': \(function.name) \(Self.noReturnReason)", hint: "use --return-mode hijack")
         }
         var placed = probe
         placed.returnSites = try returns.map { (offset: Int) throws(UtapError) -> UInt64 in

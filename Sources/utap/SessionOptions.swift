@@ -117,11 +117,10 @@ struct SessionOptions: ParsableArguments {
             var resolver = ProbeResolver(pid: pid, executable: launched?.executable)
             var resolved: [ResolvedProbe] = []
             for spec in specs {
-                for var probe in try resolver.resolve(spec) {
-                    // A latency is measured at the return: --return-mode applies.
-                    if mode == .latency { probe.kind = .return }
-                    resolved.append(try resolver.placeReturn(probe, mode: returnMode))
-                }
+                var probes = try resolver.resolve(spec)
+                // A latency is measured at the return: --return-mode applies.
+                if mode == .latency { for i in probes.indices { probes[i].kind = .return } }
+                resolved += try resolver.placeReturns(probes, of: spec, mode: returnMode)
             }
             if resolved.count > maxProbes {
                 throw UtapError.usage("probes: \(resolved.count) functions match, more than --max-probes \(maxProbes)",

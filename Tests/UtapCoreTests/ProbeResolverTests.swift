@@ -50,6 +50,28 @@ final class ProbeResolverTests: XCTestCase {
         XCTAssertFalse(ProbeResolver.isColdFragment("f.part.0"))
     }
 
+    /// On ret sites, a glob's functions that never return are left out with one warning;
+    /// a probe naming one is refused, as is a glob that matches nothing else.
+    func testReturnSitesLeaveOutFunctionsWithoutARet() throws {
+        let path = try program(["stops": ["push %rbp", "ud2"], "steps": ["push %rbp", "pop %rbp", "ret"],
+                                "stalls": ["1: jmp 1b"]])
+        var resolver = ProbeResolver(pid: nil, executable: nil)
+        func place(_ location: String) throws -> [String] {
+            let spec = try ProbeParser.parse(path + ":" + location)
+            return try resolver.placeReturns(try resolver.resolve(spec), of: spec, mode: .sites).map(\.function!)
+        }
+        XCTAssertEqual(try place("st*%return"), ["steps"])
+        XCTAssertEqual(resolver.warnings.count, 1)
+        XCTAssertTrue(resolver.warnings[0].contains("2 of the functions matching 'st*' have no ret"), resolver.warnings[0])
+        XCTAssertThrowsError(try place("stops%return")) { error in
+            XCTAssertTrue((error as! UtapError).message.contains("stops has no ret instruction"), "\(error)")
+        }
+        XCTAssertThrowsError(try place("sta*%return")) { error in
+            XCTAssertTrue((error as! UtapError).message.contains("no function matching 'sta*' has a ret"), "\(error)")
+        }
+        XCTAssertEqual(try place("st*"), ["stalls", "steps", "stops"].sorted(), "entry probes are all kept")
+    }
+
     /// A library probe for a statically linked COMMAND would never fire: said once.
     func testLibraryProbesOfAStaticCommandAreWarnedAbout() throws {
         let directory = try Toolchain.temporaryDirectory(self)
