@@ -617,10 +617,32 @@ static __always_inline int on_entry(struct pt_regs *ctx)
     if (cfg->flags & UTAP_PROBE_PUSH_TS) {
         struct pending_calls *p = pending_for((__u32)pid_tgid, 1);
         if (p) {
+            /*
+             * Entries below this call's stack pointer were left by longjmp or an exception:
+             * their frames are gone. On ret sites so is one at the same stack pointer (an
+             * exception out of the previous call from this frame); a uretprobe's chained
+             * tail call keeps it, as each of its returns comes.
+             */
+            __u64 sites = cfg->flags & UTAP_PROBE_SITES_MARK;
+            for (int i = 0; i < 8; i++) {
+                __u32 d = p->depth;
+                if (d == 0 || d > UTAP_MAX_DEPTH)
+                    break;
+                __u64 top_sp = p->sp[(d - 1) & (UTAP_MAX_DEPTH - 1)];
+                if (top_sp > ctx->rsp || (top_sp == ctx->rsp && !sites))
+                    break;
+                p->depth = d - 1;
+            }
             __u32 d = p->depth;
             if (d < UTAP_MAX_DEPTH) {
-                p->ts[d] = now;
-                p->sp[d] = ctx->rsp;
+                /* Checked, and masked too: the compiler may test one copy of d and index
+                 * with another, which the verifier then sees unbounded; the empty asm
+                 * keeps it from dropping the mask as redundant. */
+                __u32 i = d;
+                asm volatile("" : "+r"(i));
+                i &= UTAP_MAX_DEPTH - 1;
+                p->ts[i] = now;
+                p->sp[i] = ctx->rsp;
                 p->depth = d + 1;
             } else {
                 /* The kernel will not hijack this return either: its return is lost. */

@@ -47,6 +47,7 @@ extension Attachment {
                 config.flags |= UInt32(UTAP_PROBE_POP_TS.rawValue)
                 var push = utap_probe_config()
                 push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue) | (config.flags & UInt32(UTAP_PROBE_FOLLOW.rawValue))
+                    | (probe.returnSites.isEmpty ? 0 : UInt32(UTAP_PROBE_SITES_MARK.rawValue))
                 push.probe = UInt32(index)
                 result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
                                          semaphoreOffset: probe.semaphoreOffset, isReturn: false, config: push))

@@ -63,6 +63,22 @@ final class ReturnModeTests: XCTestCase {
         }
     }
 
+    /// Each call that an exception or a panic abandons leaves its entry behind; the next
+    /// call from the same frame must drop it, or after 64 such calls every entry is lost
+    /// (and latencies are measured from stale entries). 200 calls, 100 abandoned.
+    func testAbandonedCallsDoNotFillTheEntryStack() throws {
+        try Harness.requireTargets(["panics"], builtWith: "rustc")
+        try Harness.eachBackend { backend in
+            for (target, function) in [("exceptions", "_Z6middlei"), ("panics", "panics::middle")] {
+                let r = try Harness.utap(["latency", "--format", "json", function, "--", Harness.target(target), "200"])
+                XCTAssertEqual(r.status, 0, "\(backend) \(target): \(r.stderr)")
+                XCTAssertFalse(r.stderr.contains("could not be counted"), "\(backend) \(target): \(r.stderr)")
+                XCTAssertTrue(r.stdout.contains(#""count":100"#), "\(backend) \(target): \(r.stdout)")
+                XCTAssertTrue(r.stdout.contains("sum=10000"), "\(backend) \(target): \(r.stdout)")
+            }
+        }
+    }
+
     /// For ordinary C both modes see the same returns with the same values.
     func testSitesAndHijackAgreeOnC() throws {
         try Harness.eachBackend { backend in

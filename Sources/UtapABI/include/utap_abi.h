@@ -87,6 +87,9 @@ enum utap_probe_flags {
     UTAP_PROBE_FOLLOW = 1024,  /* --follow-forks: only processes in `traced` count */
     UTAP_PROBE_INTEGERS = 2048, /* with EMIT: every field an argument, return value or constant
                                  * read as an integer, no stack: the record is written in place */
+    UTAP_PROBE_SITES_MARK = 4096, /* with PUSH_TS: the return is seen on `ret` sites, which an
+                                   * exception or a tail call skips, so an older entry at the
+                                   * same stack pointer will never return */
 };
 
 /* Settings fixed before load, in the object's read-only data (`settings`). */
