@@ -31,7 +31,8 @@ struct Count: ParsableCommand {
         try options.checkSeconds(interval, "--interval")
         let live = try options.start(mode: .count(byPid: byPid), bufferBytes: 1 << 16, fieldsAllowed: false)
         let writer = AggregateWriter(probes: live.descriptors, json: options.format == .json, output: live.output)
-        let runner = AggregateRunner(live: live, interval: interval, duration: options.duration) { aggregates in
+        let runner = AggregateRunner(live: live, interval: interval, duration: options.duration,
+                                     lost: "hits could not be counted (the per-process table was full)") { aggregates in
             try writer.writeCounts(aggregates, byPid: byPid, timestampNs: monotonicNow())
         }
         live.command?.release()
@@ -64,7 +65,9 @@ struct Latency: ParsableCommand {
         try options.checkSeconds(interval, "--interval")
         let live = try options.start(mode: .latency, bufferBytes: 1 << 16, fieldsAllowed: false)
         let writer = AggregateWriter(probes: live.descriptors, json: options.format == .json, output: live.output)
-        let runner = AggregateRunner(live: live, interval: interval, duration: options.duration) { aggregates in
+        let runner = AggregateRunner(live: live, interval: interval, duration: options.duration,
+                                     lost: "calls could not be timed (a thread had 64 calls pending: deep recursion, "
+                                         + "or calls left by longjmp)") { aggregates in
             try writer.writeLatency(aggregates, timestampNs: monotonicNow())
         }
         live.command?.release()
@@ -78,6 +81,8 @@ struct AggregateRunner {
     let live: LiveSession
     let interval: Double?
     let duration: Double?
+    /// What the kernel's lost counts mean here, after their number.
+    let lost: String
     let report: (Aggregates) throws -> Void
 
     static let tickNs: UInt64 = 50_000_000
@@ -123,7 +128,7 @@ struct AggregateRunner {
         session.detach()
         stops.hintUnfollowedChildren(eventsSeen: reported.counts.reduce(0, +) + reported.histograms.reduce(0) { $0 + $1.count })
         if lost > 0 {
-            warn("\(lost) hits could not be counted (the per-process table was full)")
+            warn("\(lost) \(self.lost)")
         }
         return stops.exitStatus(after: stop!)
     }
