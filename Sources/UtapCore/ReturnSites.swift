@@ -14,37 +14,36 @@ public enum ReturnMode: String, CaseIterable, Sendable {
 
 extension ProbeResolver {
     /// Places the return probes among `probes` (what `spec` resolved to) as `mode` says.
-    /// A glob's functions without a `ret` (they never return) are left out with one
-    /// warning, as a return probe there would never fire; a probe naming one function is
+    /// On `ret` sites, a function without a `ret` (it never returns) cannot have a return
+    /// probe: a glob leaves such functions out with one warning, a probe naming one is
     /// refused.
     public mutating func placeReturns(_ probes: [ResolvedProbe], of spec: ProbeSpec, mode: ReturnMode) throws(UtapError) -> [ResolvedProbe] {
-        guard case .glob(let pattern) = spec.location else {
-            return try probes.map { (probe) throws(UtapError) in try placeReturn(probe, mode: mode) }
-        }
         var placed: [ResolvedProbe] = [], skipped: [String] = []
         for probe in probes {
-            do throws(UtapError) {
-                placed.append(try placeReturn(probe, mode: mode))
-            } catch where error.message.hasSuffix(Self.noReturnReason) {
+            if let probe = try placeReturn(probe, mode: mode) {
+                placed.append(probe)
+            } else {
                 skipped.append(probe.function ?? probe.name)
             }
         }
-        if !skipped.isEmpty {
-            let shown = skipped.prefix(3).joined(separator: ", ") + (skipped.count > 3 ? ", …" : "")
-            guard !placed.isEmpty else {
-                throw .usage("probe '\(spec.name)': no function matching '\(pattern)' has a ret instruction (\(shown))",
-                             hint: "probe their entries; if they return by tail calls, use --return-mode hijack")
-            }
-            warnings.append("probe '\(spec.name)': \(skipped.count) of the functions matching '\(pattern)' have no ret "
-                            + "instruction (they never return, or only by tail calls), left out: \(shown)")
+        guard !skipped.isEmpty else { return placed }
+        let shown = skipped.prefix(3).joined(separator: ", ") + (skipped.count > 3 ? ", …" : "")
+        let never = "(it never returns, or only by tail calls)"
+        guard case .glob(let pattern) = spec.location else {
+            throw .usage("probe '\(spec.name)': \(shown) has no ret instruction \(never)", hint: "use --return-mode hijack")
         }
+        guard !placed.isEmpty else {
+            throw .usage("probe '\(spec.name)': no function matching '\(pattern)' has a ret instruction (\(shown))",
+                         hint: "probe their entries; if they return by tail calls, use --return-mode hijack")
+        }
+        warnings.append("probe '\(spec.name)': \(skipped.count) of the functions matching '\(pattern)' have no ret "
+                        + "instruction (they never return, or only by tail calls), left out: \(shown)")
         return placed
     }
 
-    static let noReturnReason = "has no ret instruction (it never returns, or only by tail calls)"
-
-    /// Puts a return probe on its function's `ret` instructions when `mode` says so.
-    public mutating func placeReturn(_ probe: ResolvedProbe, mode: ReturnMode) throws(UtapError) -> ResolvedProbe {
+    /// Puts a return probe on its function's `ret` instructions when `mode` says so; nil
+    /// when it should and the function has none.
+    private mutating func placeReturn(_ probe: ResolvedProbe, mode: ReturnMode) throws(UtapError) -> ResolvedProbe? {
         guard probe.kind == .return else { return probe }
         let image = try image(at: probe.path)
         guard mode == .sites || (mode == .auto && Self.unwindsThroughFrames(image)) else { return probe }
@@ -54,9 +53,7 @@ extension ProbeResolver {
             throw .usage("probe '\(probe.name)': cannot decode the code of \(probe.function ?? "the function") to find its returns",
                          hint: "use --return-mode hijack")
         }
-        guard !returns.isEmpty else {
-            throw .usage("probe '\(probe.name)': \(function.name) \(Self.noReturnReason)", hint: "use --return-mode hijack")
-        }
+        guard !returns.isEmpty else { return nil }
         var placed = probe
         placed.returnSites = try returns.map { (offset: Int) throws(UtapError) -> UInt64 in
             guard let fileOffset = image.fileOffset(ofVirtualAddress: function.address + UInt64(offset)) else {
