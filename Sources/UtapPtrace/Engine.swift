@@ -114,6 +114,8 @@ public final class PtraceEngine {
     private var detaching = false
     /// Held while hits come back to back; nil when the tracer does not poll.
     private let wakeLatency = spinNs > 0 ? WakeLatencyRequest() : nil
+    /// Stops in a row that came within the poll.
+    private var stopsWithinPoll = 0
     /// UTAP_PTRACE_DEBUG=1: every ptrace stop on stderr, for troubleshooting.
     static let debug = getenv("UTAP_PTRACE_DEBUG").map { String(cString: $0) == "1" } ?? false
     /// Deepest return stack kept per thread (the kernel's limit is 64 too).
@@ -190,18 +192,23 @@ public final class PtraceEngine {
 
     /// waitpid(-1), first polled for `spinNs`: a stop that comes within it is taken without
     /// waking the tracer's sleeping CPU, which costs tens of µs on a busy VM host (measured
-    /// here: 66 µs per hit without, 26 µs with 50 µs of polling). A stop that comes within
-    /// the poll means hits come back to back: the wake-latency request is held, so the
-    /// traced thread's CPU does not sleep between hits either (11 µs per hit); it is let go
-    /// when the poll ends empty. UTAP_PTRACE_SPIN_US overrides (0: neither).
+    /// here: 66 µs per hit without, 26 µs with 50 µs of polling). Two stops in a row that
+    /// come within the poll mean hits come back to back (one alone may only mean the
+    /// tracer was late): the wake-latency request is held, so the traced thread's CPU
+    /// does not sleep between hits either (10 µs per hit); it is let go when a poll ends
+    /// empty. UTAP_PTRACE_SPIN_US overrides (0: neither).
     private func wait(_ status: inout Int32) -> Int32 {
         if let wakeLatency {
             let deadline = monotonicNow() + Self.spinNs
             repeat {
                 let tid = waitpid(-1, &status, PT.WALL | WNOHANG)
-                if tid > 0 { wakeLatency.hold() }
+                if tid > 0 {
+                    stopsWithinPoll += 1
+                    if stopsWithinPoll >= 2 { wakeLatency.hold() }
+                }
                 if tid != 0 { return tid }
             } while monotonicNow() < deadline
+            stopsWithinPoll = 0
             wakeLatency.release()
         }
         return waitpid(-1, &status, PT.WALL)

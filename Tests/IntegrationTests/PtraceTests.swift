@@ -147,7 +147,9 @@ final class PtraceTests: XCTestCase {
     }
 
     /// While hits come back to back the tracer asks that idle CPUs wake at once (a 0 µs
-    /// CPU latency request); hits 1 ms apart never take it; utap's end drops it.
+    /// CPU latency request); hits 1 ms apart do not take it (but for a rare moment when
+    /// the tracer falls behind); utap's end drops it. The request is system-wide: the
+    /// test assumes no other utap runs meanwhile.
     func testWakeLatencyIsRequestedOnlyWhileHitsComeBackToBack() throws {
         guard let before = Self.cpuWakeLatency() else {
             let reason = "no /dev/cpu_dma_latency on this machine"
@@ -162,8 +164,10 @@ final class PtraceTests: XCTestCase {
                                              "-p", String(ticking.pid), "tick"])
         let (quiet, sparseResult) = Self.sampleWakeLatency(sparse)
         XCTAssertEqual(sparseResult.status, 0, sparseResult.stderr)
+        // A tracer that falls behind (a loaded machine) may find two stops waiting and
+        // hold the request until its next poll ends empty: rarely, briefly.
         XCTAssertGreaterThan(quiet.count, 20)
-        XCTAssertFalse(quiet.contains(0), "hits 1 ms apart took the request")
+        XCTAssertLessThan(quiet.filter { $0 == 0 }.count * 10, quiet.count, "hits 1 ms apart took the request: \(quiet)")
 
         let hot = try Harness.Background(["count", "--backend", "ptrace", "probe_me", "--", Harness.target("ptrace/loop"), "100000"])
         let (busy, hotResult) = Self.sampleWakeLatency(hot)
