@@ -395,6 +395,24 @@ static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
     return bpf_map_lookup_elem(&pending, &tid);
 }
 
+/*
+ * Drops the calls left by longjmp or an exception: entries whose stack pointer is below
+ * `sp` (their frames are gone), and with `equal_too` one at `sp` as well. At most 8 a
+ * time: each entry and return clears what it finds, so they do not pile up.
+ */
+static __always_inline void drop_abandoned(struct pending_calls *p, __u64 sp, int equal_too)
+{
+    for (int i = 0; i < 8; i++) {
+        __u32 d = p->depth;
+        if (d == 0 || d > UTAP_MAX_DEPTH)
+            break;
+        __u64 top_sp = p->sp[(d - 1) & (UTAP_MAX_DEPTH - 1)];
+        if (top_sp > sp || (top_sp == sp && !equal_too))
+            break;
+        p->depth = d - 1;
+    }
+}
+
 static __always_inline void count_hit(const struct utap_probe_config *cfg)
 {
     if (cfg->flags & UTAP_PROBE_BY_PID) {
@@ -568,18 +586,8 @@ static __always_inline int returned(struct pt_regs *ctx, const struct utap_probe
     if (cfg->flags & UTAP_PROBE_POP_TS) {
         struct pending_calls *p = pending_for((__u32)pid_tgid, 0);
         if (p) {
-            /*
-             * Calls left by longjmp or an exception never return; their entries sit above
-             * this frame (lower stack pointers) and are dropped here.
-             */
-            for (int i = 0; i < 8; i++) {
-                __u32 d = p->depth;
-                if (d == 0 || d > UTAP_MAX_DEPTH)
-                    break;
-                if (p->sp[(d - 1) & (UTAP_MAX_DEPTH - 1)] + 8 >= ret_sp)
-                    break;
-                p->depth = d - 1;
-            }
+            /* This call entered with its return address at ret_sp - 8. */
+            drop_abandoned(p, ret_sp - 8, 0);
             __u32 d = p->depth;
             if (d > 0 && d <= UTAP_MAX_DEPTH) {
                 __u32 top = (d - 1) & (UTAP_MAX_DEPTH - 1);
@@ -618,21 +626,11 @@ static __always_inline int on_entry(struct pt_regs *ctx)
         struct pending_calls *p = pending_for((__u32)pid_tgid, 1);
         if (p) {
             /*
-             * Entries below this call's stack pointer were left by longjmp or an exception:
-             * their frames are gone. On ret sites so is one at the same stack pointer (an
-             * exception out of the previous call from this frame); a uretprobe's chained
-             * tail call keeps it, as each of its returns comes.
+             * On ret sites an entry at this very stack pointer is gone too (an exception
+             * out of the previous call from this frame); a uretprobe's chained tail call
+             * keeps it, as each of its returns comes.
              */
-            __u64 sites = cfg->flags & UTAP_PROBE_SITES_MARK;
-            for (int i = 0; i < 8; i++) {
-                __u32 d = p->depth;
-                if (d == 0 || d > UTAP_MAX_DEPTH)
-                    break;
-                __u64 top_sp = p->sp[(d - 1) & (UTAP_MAX_DEPTH - 1)];
-                if (top_sp > ctx->rsp || (top_sp == ctx->rsp && !sites))
-                    break;
-                p->depth = d - 1;
-            }
+            drop_abandoned(p, ctx->rsp, cfg->flags & UTAP_PROBE_SITES_MARK);
             __u32 d = p->depth;
             if (d < UTAP_MAX_DEPTH) {
                 /* Checked, and masked too: the compiler may test one copy of d and index
