@@ -10,6 +10,10 @@ public struct PtraceBackend: TracingBackend {
 
     public init() {}
 
+    /// The device through which the tracer keeps idle CPUs awake while hits come back to
+    /// back (`WakeLatencyRequest`), for `utap doctor`.
+    public static let wakeLatencyDevice = WakeLatencyRequest.device
+
     public func attach(_ plan: TracePlan) throws(UtapError) -> TraceSession {
         guard case .process(let pid) = plan.scope else {
             throw .usage("the ptrace backend traces one process, not every process that maps the file",

@@ -7,11 +7,11 @@ import Glibc
 /// Why the tracer wants it: after each hit, PTRACE_CONT wakes the traced thread on its
 /// CPU, which sat idle while the thread was stopped; a halted CPU, a virtual one above all,
 /// takes tens of µs to come back. Measured here (a KVM guest, 2 vCPUs): an emulated hit
-/// cost 31-35 µs without the request and 11 µs with it.
+/// cost 31-35 µs without the request and 10 µs with it.
 ///
 /// Its cost is power: while held, every idle CPU of the machine polls. The engine holds it
-/// only while hits come back to back (one within the tracer's poll after the last) and
-/// lets go as soon as the tracer goes to sleep. The kernel drops a request when its file
+/// only while hits come back to back (two stops in a row within the tracer's poll) and
+/// lets go as soon as a poll ends empty. The kernel drops a request when its file
 /// closes, so no way utap can end, SIGKILL included, leaves it behind. Without the device
 /// or the permission (a container, an unprivileged tracer) there is no request and nothing
 /// else changes.
@@ -22,7 +22,10 @@ final class WakeLatencyRequest {
     /// The kernel's value for "no constraint" (PM_QOS_CPU_LATENCY_DEFAULT_VALUE, in µs).
     static let noConstraint: Int32 = 2_000_000_000
 
-    init(path: String = "/dev/cpu_dma_latency") {
+    /// The kernel's CPU latency QoS device.
+    static let device = "/dev/cpu_dma_latency"
+
+    init(path: String = device) {
         // Opening alone adds a request at the default value, which constrains nothing.
         fd = open(path, O_WRONLY | O_CLOEXEC)
     }

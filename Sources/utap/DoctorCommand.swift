@@ -55,10 +55,10 @@ struct Doctor: ParsableCommand {
         for check in ptraceChecks {
             print("  \(check.ok ? "ok  " : "FAIL")  \(check.what)")
         }
-        let wakeRequests = access("/dev/cpu_dma_latency", W_OK) == 0
-        print("  --    ptrace wake-up: " + (wakeRequests
-            ? "idle CPUs kept awake while hits come back to back (/dev/cpu_dma_latency)"
-            : "no /dev/cpu_dma_latency to write: each hit waits for sleeping CPUs to wake"))
+        let device = PtraceBackend.wakeLatencyDevice
+        print("  --    ptrace wake-up: " + (access(device, W_OK) == 0
+            ? "idle CPUs kept awake while hits come back to back (\(device))"
+            : "no \(device) to write: each hit waits for sleeping CPUs to wake"))
 
         if let failed = bpfChecks.first(where: { !$0.ok }) {
             if ptraceChecks.allSatisfy(\.ok) {
