@@ -37,8 +37,11 @@ public enum IFuncResolver {
         // inode against what is loaded, whatever path names it.
         guard let handle = dlopen(image.path, RTLD_NOLOAD | RTLD_LAZY) else { return nil }
         defer { dlclose(handle) }
-        // For an IFUNC, dlsym runs the resolver and returns the implementation.
-        guard let runtime = dlsym(handle, symbol.name) else { return nil }
+        // For an IFUNC, dlsym runs the resolver and returns the implementation. A local
+        // alias (glibc's `__GI_memcpy`) is not exported: an exported name of the same
+        // resolver is asked instead.
+        let aliases = image.functions.filter { $0.isIFunc && $0.address == symbol.address && $0.name != symbol.name }
+        guard let runtime = ([symbol] + aliases).lazy.compactMap({ dlsym(handle, $0.name) }).first else { return nil }
         // Where that code lies in the file, through this process's own mappings (Glibc's
         // module does not import dladdr). It must be executable code of this same file.
         let runtimeAddress = UInt64(UInt(bitPattern: runtime))

@@ -34,6 +34,8 @@ final class IFuncResolverTests: XCTestCase {
             int pick_b(void) { return 2; }
             static void *resolve_pick(void) { return (void *)pick_b; }
             int pick(void) __attribute__((ifunc("resolve_pick")));
+            /* A local alias, as glibc's __GI_ names: not exported, dlsym cannot find it. */
+            extern __typeof(pick) pick_local __attribute__((alias("pick"), visibility("hidden")));
             """, to: "libpick.so", in: directory, flags: ["-shared", "-fPIC"])
         let image = try ELFImage.open(path)
         let pick = try XCTUnwrap(image.functions(named: "pick").first)
@@ -45,5 +47,10 @@ final class IFuncResolverTests: XCTestCase {
         let handle = try XCTUnwrap(dlopen(path, RTLD_NOW))
         defer { dlclose(handle) }
         XCTAssertEqual(try IFuncResolver.implementation(of: pick, in: image), image.functions(named: "pick_b").first)
+        let local = try XCTUnwrap(image.functions(named: "pick_local").first)
+        XCTAssertTrue(local.isIFunc)
+        XCTAssertNil(dlsym(handle, "pick_local"))
+        XCTAssertEqual(try IFuncResolver.implementation(of: local, in: image), image.functions(named: "pick_b").first,
+                       "resolved through the exported name of the same resolver")
     }
 }
