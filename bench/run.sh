@@ -194,7 +194,7 @@ tool_cmd() { # tool [out] [pid]
 	utapcount | utaplatency) cmd=("$UTAP" "${tool#utap}" --format json -o "$out" "$LOOP:bench_target") ;;
 	utapptrace) cmd=("$UTAP" trace --backend ptrace --format json -o /dev/null "$probe" -- "$LOOP" "${args[@]}") ;;
 	utapptracestep)
-		cmd=("$UTAP" trace --backend ptrace --format json -o /dev/null "$LOOP:bench_step a=arg0 b=arg1" -- "$LOOP" "${args[@]}")
+		cmd=("$UTAP" trace --backend ptrace --format json -o /dev/null "$LOOP:bench_step+4 a=arg0 b=arg1" -- "$LOOP" "${args[@]}")
 		;;
 	ltrace | ltracelibc)
 		# -f: the calls come from a thread the loop creates. -L -x: the function

@@ -42,6 +42,7 @@ final class BPFSession: TraceSession {
         scratch.initialize(to: RecordDecoder.emptyEvent)
         LibbpfLog.install()
         do {
+            try checkSites()
             try load()
             try attachAll()
             try openRings()
@@ -247,6 +248,24 @@ final class BPFSession: TraceSession {
                 throw attachError(-fd, probe: probes.joined(separator: "', '"), path: first.path, offset: "")
             }
             links.append(.fd(fd))
+        }
+    }
+
+    /// Refuses, before anything is loaded, a uprobe on a vector (AVX) instruction: the
+    /// kernel decodes one as the legacy opcode byte it carries, so it refuses some, never
+    /// fires on others and emulates others as jumps, corrupting the program (see
+    /// `InstructionDecoder.entryOffset`). A runtime error: `auto` then takes ptrace, which
+    /// steps the instruction itself.
+    private func checkSites() throws(UtapError) {
+        var checked = Set<String>()
+        for attachment in attachments where checked.insert("\(attachment.fileOffset)@\(attachment.path)").inserted {
+            let code = try InstructionDecoder.code(atFileOffset: attachment.fileOffset, in: attachment.path)
+            guard InstructionDecoder.isVectorEncoded(at: 0, in: code) else { continue }
+            let probe = plan.probes[attachment.probe]
+            let address = probe.address &+ (attachment.fileOffset &- probe.fileOffset)
+            throw .runtime("probe '\(probe.name)': the kernel's uprobes mishandle the vector (AVX) instruction at "
+                           + "0x\(String(address, radix: 16))\(probe.function.map { " in \($0)" } ?? "")",
+                           hint: "probe another instruction of the function, or use --backend ptrace")
         }
     }
 

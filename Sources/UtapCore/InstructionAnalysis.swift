@@ -59,6 +59,13 @@ public enum InstructionAnalysis {
             return .refuse("the bytes do not decode as an instruction")
         }
         if code[0] == 0xCC { return .refuse("the site already holds an int3") }
+        if InstructionDecoder.isVectorEncoded(at: 0, in: code) {
+            // VEX, EVEX or XOP (AVX and later): never a branch or a stack or flags
+            // operation, so it runs out of line as it is, a rip-relative operand moved.
+            // (Their first byte would read as a legacy opcode below: 62 is BOUND.)
+            return stepPlan(code, length: length, address: address, stub: stub, opcode: code[0], second: nil,
+                            modrmReg: nil, prefixes: [])
+        }
         var i = 0
         var prefixes = Set<UInt8>()
         while i < length, [0xF0, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67].contains(code[i]) {

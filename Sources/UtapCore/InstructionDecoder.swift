@@ -1,4 +1,5 @@
 import CZydis
+import Glibc
 
 /// x86-64 instruction boundaries, decoded with Zydis: a probe must go on the first byte of
 /// an instruction, and the only way to know where instructions start is to decode from a
@@ -19,13 +20,24 @@ public enum InstructionDecoder {
         code.starts(with: [0xF3, 0x0F, 0x1E, 0xFA])
     }
 
-    /// Where an entry probe goes in a function whose whole code is `code`: past a leading
-    /// endbr64, and past instructions that only set flags (`test` and `cmp` of registers
-    /// and immediates, at most four) when they lead to an instruction the kernel emulates
-    /// (a push of a register, a relative jump, call or conditional jump, a nop) and no
-    /// jump of the function lands among them. Registers, stack and memory are then what
-    /// they were at the entry, and a hit costs an emulation instead of a single-step (~20x
-    /// less here: libc's `free` starts with `test %rdi,%rdi; je`).
+    /// Where an entry probe goes in a function whose whole code is `code`: on an
+    /// instruction the kernel emulates when one is reached through instructions that leave
+    /// nothing a probe reads changed, else on the first byte.
+    ///
+    /// - Past a leading endbr64, and past instructions that only set flags (`test` and
+    ///   `cmp` of registers and immediates, at most four), when they lead to an instruction
+    ///   the kernel emulates (a push of a register, a relative jump, call or conditional
+    ///   jump, a nop) and no jump of the function lands among them. Registers, stack and
+    ///   memory are then what they were at the entry, and a hit costs an emulation instead
+    ///   of a single-step (~20x less here: libc's `free` starts with `test %rdi,%rdi; je`).
+    /// - Otherwise on the first byte, endbr64 included: the kernel steps it as cheaply as
+    ///   any other, and it is never one the kernel mishandles (below).
+    /// - A function without endbr64 that opens with vector instructions (VEX, EVEX or
+    ///   XOP-encoded: glibc's AVX2 and AVX-512 string functions) gets its probe past those
+    ///   of them that only write vector or mask registers from registers, on the first
+    ///   other instruction: the kernel's uprobes decode a vector instruction as the legacy
+    ///   one-byte opcode it carries, so they refuse some, never fire on others, and
+    ///   emulate others as jumps (a `vpbroadcastb` run as `jp` corrupts every memset).
     public static func entryOffset(in code: [UInt8]) -> Int {
         entryPlacement(in: code).offset
     }
@@ -41,17 +53,79 @@ public enum InstructionDecoder {
             at += Int(instruction.length)
             passed += 1
         }
-        let emulated = decode(at: at, in: code).map(kernelEmulates) ?? false
-        guard at > start, emulated, !hasJump(in: code, landingIn: (start + 1)...at) else {
-            return (start, decode(at: start, in: code).map(kernelEmulates) ?? false)
+        if at > start, kernelEmulates(at: at, in: code), !hasJump(in: code, landingIn: (start + 1)...at) {
+            return (at, true)
         }
-        return (at, true)
+        if kernelEmulates(at: start, in: code) { return (start, true) }
+        if start == 0, let past = pastVectorRegisterWrites(in: code) { return (past, kernelEmulates(at: past, in: code)) }
+        return (0, false)
+    }
+
+    /// Whether the instruction at `offset` is VEX, EVEX, MVEX or XOP-encoded (AVX and
+    /// later vector extensions): the kernel's x86 uprobes cannot be trusted with one (see
+    /// `entryOffset`), so the bpf backend refuses to probe it.
+    public static func isVectorEncoded(at offset: Int, in code: [UInt8]) -> Bool {
+        decode(at: offset, in: code).map(isVectorEncoded) ?? false
+    }
+
+    private static func isVectorEncoded(_ instruction: ZydisDecodedInstruction) -> Bool {
+        [ZYDIS_INSTRUCTION_ENCODING_VEX, ZYDIS_INSTRUCTION_ENCODING_EVEX, ZYDIS_INSTRUCTION_ENCODING_MVEX,
+         ZYDIS_INSTRUCTION_ENCODING_XOP].contains(instruction.encoding)
+    }
+
+    /// The offset of the first instruction after leading vector instructions (at most
+    /// four) that write vector or mask registers and nothing else, from registers only:
+    /// no memory operand, no flags, no general-purpose register written. Nil when the
+    /// first instruction is not one, the first other one is vector-encoded too, or a jump
+    /// of the function lands among them.
+    private static func pastVectorRegisterWrites(in code: [UInt8]) -> Int? {
+        var at = 0
+        while at < code.count, at == 0 || isVectorEncoded(at: at, in: code) {
+            guard at < 64, let length = vectorRegisterWriteLength(at: at, in: code) else { return nil }
+            at += length
+        }
+        guard at > 0, at < code.count, !isVectorEncoded(at: at, in: code),
+              !hasJump(in: code, landingIn: 1...at) else { return nil }
+        return at
+    }
+
+    /// The length of the instruction at `offset` when it is a vector instruction that
+    /// writes only vector or mask registers, from registers and immediates.
+    private static func vectorRegisterWriteLength(at offset: Int, in code: [UInt8]) -> Int? {
+        var instruction = ZydisDecodedInstruction()
+        var operands = [ZydisDecodedOperand](repeating: ZydisDecodedOperand(), count: Int(ZYDIS_MAX_OPERAND_COUNT))
+        let status = code.withUnsafeBytes { raw in
+            withUnsafePointer(to: decoder) { decoder in
+                ZydisDecoderDecodeFull(decoder, raw.baseAddress! + offset, ZyanUSize(code.count - offset),
+                                       &instruction, &operands)
+            }
+        }
+        guard status & 0x8000_0000 == 0, isVectorEncoded(instruction),
+              instruction.cpu_flags == nil || instruction.cpu_flags.pointee.modified == 0 else { return nil }
+        for operand in operands.prefix(Int(instruction.operand_count)) {
+            switch operand.type {
+            case ZYDIS_OPERAND_TYPE_REGISTER:
+                let written = operand.actions & ZydisOperandActions(ZYDIS_OPERAND_ACTION_MASK_WRITE.rawValue) != 0
+                let vector = [ZYDIS_REGCLASS_XMM, ZYDIS_REGCLASS_YMM, ZYDIS_REGCLASS_ZMM, ZYDIS_REGCLASS_MASK]
+                    .contains(ZydisRegisterGetClass(operand.reg.value))
+                if written && !vector { return nil }
+            case ZYDIS_OPERAND_TYPE_IMMEDIATE:
+                continue
+            default:
+                return nil  // memory (loads, stores, gathers) or anything else
+            }
+        }
+        return Int(instruction.length)
     }
 
     /// `test` or `cmp` without a memory operand: writes the flags and nothing else.
     private static func setsOnlyFlags(_ instruction: ZydisDecodedInstruction) -> Bool {
         guard instruction.mnemonic == ZYDIS_MNEMONIC_TEST || instruction.mnemonic == ZYDIS_MNEMONIC_CMP else { return false }
         return instruction.attributes & UInt64(ZYDIS_ATTRIB_HAS_MODRM) == 0 || instruction.raw.modrm.mod == 3
+    }
+
+    private static func kernelEmulates(at offset: Int, in code: [UInt8]) -> Bool {
+        decode(at: offset, in: code).map(kernelEmulates) ?? false
     }
 
     /// Instructions the kernel's x86 uprobes emulate rather than single-step out of line.
@@ -108,6 +182,18 @@ public enum InstructionDecoder {
             at += Int(instruction.length)
         }
         return returns
+    }
+
+    /// The first 16 bytes (fewer at the end of the file) at `offset` in the file at
+    /// `path`: enough for any instruction, for checking a probe site before probing it.
+    public static func code(atFileOffset offset: UInt64, in path: String) throws(UtapError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .runtime("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let got = pread(fd, &bytes, 16, off_t(offset))
+        guard got > 0 else { throw .runtime("\(path): cannot read the code at file offset 0x\(String(offset, radix: 16))") }
+        return Array(bytes.prefix(got))
     }
 
     /// The decoded instruction at `offset` (prefixes, ModRM, displacement fields).

@@ -51,16 +51,60 @@ public struct ProbeResolver {
             }
             let prefix = spec.target.map { "\($0):" } ?? ""
             let suffix = spec.kind == .return ? "%return" : ""
-            return try matches.map { (match: (symbol: ELFSymbol, name: String)) throws(UtapError) -> ResolvedProbe in
+            var probes: [ResolvedProbe] = [], unresolved: [String] = []
+            for match in matches {
                 let f = match.symbol
-                let function = f.isIFunc ? try IFuncResolver.implementation(of: f, in: image) : f
-                return try site(spec, name: prefix + match.name + suffix, image: image, function: function, offset: nil)
+                guard let function = f.isIFunc ? try? IFuncResolver.implementation(of: f, in: image) : f else {
+                    unresolved.append("\(match.name) (an IFUNC whose implementation is not in the file)")
+                    continue
+                }
+                probes.append(try site(spec, name: prefix + match.name + suffix, image: image, function: function, offset: nil))
             }
+            return try leavingOutUnprobeable(probes, besides: unresolved, of: spec, pattern: pattern, image: image)
         case .address(let address):
             return [try addressSite(spec, image: image, address: address)]
         case .usdt(let provider, let name):
             return try resolveUSDT(spec, provider: provider, name: name, path: path)
         }
+    }
+
+    /// A glob's matches less those whose site no backend can probe: a vector (AVX)
+    /// instruction, which the kernel's uprobes mishandle (`InstructionDecoder.entryOffset`),
+    /// or one the ptrace backend refuses (a lock prefix, a system instruction). Left out
+    /// for both backends alike, with one warning that also names `unresolved` (matches
+    /// already left out, with why); a glob left with nothing is an error. A probe naming
+    /// one function is refused by the backend that cannot probe it instead.
+    private mutating func leavingOutUnprobeable(_ probes: [ResolvedProbe], besides unresolved: [String], of spec: ProbeSpec,
+                                                pattern: String, image: ELFImage) throws(UtapError) -> [ResolvedProbe] {
+        var kept: [ResolvedProbe] = [], left = unresolved
+        for probe in probes {
+            let reason: String?
+            if let code = image.bytes(atVirtualAddress: probe.address, count: 16) {
+                if InstructionDecoder.isVectorEncoded(at: 0, in: code) {
+                    reason = "a vector instruction"
+                } else if case .refuse(let why) = InstructionAnalysis.plan(code, at: probe.address, stub: probe.address) {
+                    reason = why
+                } else {
+                    reason = nil
+                }
+            } else {
+                reason = nil  // near the end of its segment: the backend checks it
+            }
+            if let reason {
+                left.append("\(probe.function ?? probe.name) (\(reason))")
+            } else {
+                kept.append(probe)
+            }
+        }
+        guard !left.isEmpty else { return kept }
+        let shown = left.prefix(3).joined(separator: ", ") + (left.count > 3 ? ", …" : "")
+        guard !kept.isEmpty else {
+            throw .usage("probe '\(spec.name)': no function matching '\(pattern)' can be probed: \(shown)",
+                         hint: "probe another instruction of one of them, e.g. NAME+OFFSET from 'utap list -v'")
+        }
+        warnings.append("probe '\(spec.name)': \(left.count) of the functions matching '\(pattern)' cannot be probed, "
+                        + "left out: \(shown)")
+        return kept
     }
 
     /// The file a probe's TARGET names, as a path the tracer can open.

@@ -139,13 +139,7 @@ final class ProbePlacer {
     private func code(_ path: String, _ offset: UInt64) throws(UtapError) -> [UInt8] {
         let cacheKey = "\(offset)@\(path)"
         if let cached = codeCache[cacheKey] { return cached }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .runtime("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: 16)
-        let got = pread(fd, &bytes, 16, off_t(offset))
-        guard got > 0 else { throw .runtime("\(path): cannot read the code at file offset \(hex(offset))") }
-        let code = Array(bytes.prefix(got))
+        let code = try InstructionDecoder.code(atFileOffset: offset, in: path)
         codeCache[cacheKey] = code
         return code
     }

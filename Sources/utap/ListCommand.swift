@@ -14,8 +14,9 @@ struct List: ParsableCommand {
         mangled name when the name is demangled (always the last word). ENTRY is where an
         entry probe by name goes and what a hit costs there: '+4 emulated' (the kernel
         emulates the instruction, well under a microsecond) or '+0 stepped' (it
-        single-steps it, 10-20 us, included in a return probe's latency); '-' for an IFUNC
-        (its probe goes on the implementation) or unreadable code. USDT probes follow the
+        single-steps it, 10-20 us, included in a return probe's latency); '+0 vector' for
+        a vector (AVX) instruction, which the bpf backend refuses (README); '-' for an
+        IFUNC (its probe goes on the implementation) or unreadable code. USDT probes follow the
         functions as usdt:TARGET:PROVIDER:NAME lines, ready to use as probes (PATTERN
         matches PROVIDER:NAME or NAME; -v adds the site and argument specs).
 
@@ -101,5 +102,6 @@ private func entryText(_ symbol: ELFSymbol, in image: ELFImage) -> String {
     guard !symbol.isIFunc, symbol.size > 0,
           let code = image.bytes(atVirtualAddress: symbol.address, count: Int(clamping: symbol.size)) else { return "-" }
     let entry = InstructionDecoder.entryPlacement(in: code)
+    if InstructionDecoder.isVectorEncoded(at: entry.offset, in: code) { return "+\(entry.offset) vector" }
     return "+\(entry.offset) \(entry.emulated ? "emulated" : "stepped")"
 }

@@ -56,6 +56,16 @@ final class InstructionAnalysisTests: XCTestCase {
         let disp = Int32(0x10 - 0x1000)
         let expected: [UInt8] = [0x48, 0x8B, 0x05] + withUnsafeBytes(of: disp.littleEndian) { Array($0) }
         XCTAssertEqual(moved, .step(OutOfLineStep(bytes: expected, fixup: .instructionPointer, clearsTrapFlag: false, repeats: false)))
+        // The same for vector instructions, whose first byte would read as a legacy opcode
+        // (62 is BOUND): vmovdqu32 0x10(%rip),%ymm18 (EVEX) and vmovdqu 0x10(%rip),%ymm2 (VEX).
+        for prefix in [[0x62, 0xE1, 0x7E, 0x28, 0x6F, 0x15], [0xC5, 0xFE, 0x6F, 0x15]] as [[UInt8]] {
+            XCTAssertEqual(InstructionAnalysis.plan(prefix + [0x10, 0x00, 0x00, 0x00], at: a, stub: near),
+                           .step(OutOfLineStep(bytes: prefix + withUnsafeBytes(of: disp.littleEndian) { Array($0) },
+                                               fixup: .instructionPointer, clearsTrapFlag: false, repeats: false)))
+        }
+        // vpbroadcastb %edi,%ymm16 (EVEX opcode 7a, which the kernel took for jp) runs as is.
+        let broadcast: [UInt8] = [0x62, 0xE2, 0x7D, 0x28, 0x7A, 0xC7]
+        XCTAssertEqual(plan(broadcast), .step(OutOfLineStep(bytes: broadcast, fixup: .instructionPointer, clearsTrapFlag: false, repeats: false)))
         // lea 0x0(%rip),%rdi with the stub more than 2 GiB away cannot be rewritten.
         XCTAssertEqual(InstructionAnalysis.plan([0x48, 0x8D, 0x3D, 0, 0, 0, 0], at: a, stub: stub),
                        .refuse("rip-relative operand out of reach of the out-of-line page"))

@@ -55,7 +55,7 @@ final class InstructionDecoderTests: XCTestCase {
         XCTAssertEqual(offset(testRdi + [0x0F, 0x1F, 0x00] + tail), 3, "test; nopl")
         // Not passed: no gain, a changed state, or a jump that may land on the probe.
         XCTAssertEqual(offset(testRdi + [0x48, 0x89, 0xF8] + tail), 0, "test; mov: the mov is single-stepped anyway")
-        XCTAssertEqual(offset(endbr + testRdi + [0x48, 0x89, 0xF8] + tail), 4)
+        XCTAssertEqual(offset(endbr + testRdi + [0x48, 0x89, 0xF8] + tail), 0, "nothing emulated past endbr64: on it")
         XCTAssertEqual(offset([0x80, 0x3F, 0x00] + je + tail), 0, "cmpb $0,(%rdi) reads memory")
         XCTAssertEqual(offset([0x48, 0x31, 0xFF] + je + tail), 0, "xor writes a register")
         XCTAssertEqual(offset(testRdi + [0xE3, 0x02] + tail), 0, "jrcxz is single-stepped")
@@ -68,5 +68,44 @@ final class InstructionDecoderTests: XCTestCase {
         XCTAssertEqual(offset(je + tail), 0, "already emulated")
         XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + je + tail), 12)
         XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + testRdi + je + tail), 0, "at most four tests")
+    }
+
+    // Vector instructions (tests/targets/vector.c has them live).
+    let vmovdToXmm: [UInt8] = [0xC5, 0xF9, 0x6E, 0xC7]            // vmovd %edi,%xmm0 (VEX)
+    let vpbroadcastb: [UInt8] = [0xC4, 0xE2, 0x7D, 0x78, 0xC0]     // vpbroadcastb %xmm0,%ymm0
+    let evexBroadcast: [UInt8] = [0x62, 0xE2, 0x7D, 0x28, 0x7A, 0xC7]  // vpbroadcastb %edi,%ymm16 (EVEX)
+    let movEdiEax: [UInt8] = [0x89, 0xF8]
+    let ret: [UInt8] = [0xC3]
+
+    func testVectorEncodings() {
+        for (code, vector) in [(vmovdToXmm, true), (vpbroadcastb, true), (evexBroadcast, true),
+                               ([0x66, 0x0F, 0x6E, 0xC7], false),  // movd %edi,%xmm0 (SSE, legacy)
+                               (movEdiEax, false), (prologue, false)] {
+            XCTAssertEqual(InstructionDecoder.isVectorEncoded(at: 0, in: code), vector, "\(code)")
+        }
+    }
+
+    func testEntryPassesVectorRegisterWritesOnlyWithoutEndbr64() {
+        func placement(_ code: [UInt8]) -> String {
+            let p = InstructionDecoder.entryPlacement(in: code)
+            return "+\(p.offset) \(p.emulated ? "emulated" : "stepped")"
+        }
+        let endbr: [UInt8] = [0xF3, 0x0F, 0x1E, 0xFA]
+        XCTAssertEqual(placement(evexBroadcast + movEdiEax + ret), "+6 stepped", "glibc's __memset_evex_unaligned_erms")
+        XCTAssertEqual(placement(vmovdToXmm + vpbroadcastb + movEdiEax + ret), "+9 stepped", "__rawmemchr_avx2")
+        XCTAssertEqual(placement(vmovdToXmm + [0x55] + ret), "+4 emulated", "then a push")
+        XCTAssertEqual(placement(endbr + vmovdToXmm + movEdiEax + ret), "+0 stepped", "endbr64 first: on it")
+        XCTAssertEqual(placement(endbr + [0x55] + ret), "+4 emulated")
+        // Not passed: the vector instruction is the site (the bpf backend refuses it).
+        XCTAssertEqual(InstructionDecoder.entryOffset(in: [0xC5, 0xFE, 0x6F, 0x07] + movEdiEax + ret), 0,
+                       "vmovdqu (%rdi),%ymm0 reads memory")
+        XCTAssertEqual(InstructionDecoder.entryOffset(in: [0xC5, 0xFD, 0xD7, 0xC0] + movEdiEax + ret), 0,
+                       "vpmovmskb %ymm0,%eax writes a general register")
+        XCTAssertEqual(InstructionDecoder.entryOffset(in: [0xC4, 0xE2, 0x7D, 0x17, 0xC0] + movEdiEax + ret), 0,
+                       "vptest %ymm0,%ymm0 writes the flags")
+        XCTAssertEqual(InstructionDecoder.entryOffset(in: vmovdToXmm + [0xC5, 0xFD, 0xD7, 0xC0] + ret), 0,
+                       "the first other instruction is a vector one too")
+        XCTAssertEqual(InstructionDecoder.entryOffset(in: vmovdToXmm + movEdiEax + [0xEB, 0xFC] + ret), 0,
+                       "jmp back to the mov: a probe there would fire for more than entries")
     }
 }

@@ -19,3 +19,10 @@ targets: $(TARGETS_OUT)/panics
 
 $(TARGETS_OUT)/panics: $(TARGETS_SRC_MORE)/panics.rs | $(TARGETS_OUT)
 	$(TARGETS_RUSTC) $(TARGETS_RUSTFLAGS) -o $@ $<
+
+# Functions that open with vector instructions, which the kernel's uprobes mishandle.
+# (Naked functions read their parameters in assembly: hence -Wno-unused-parameter.)
+targets: $(TARGETS_OUT)/vector
+
+$(TARGETS_OUT)/vector: $(TARGETS_SRC_MORE)/vector.c | $(TARGETS_OUT)
+	$(CC) -O1 -fcf-protection=none -Wall -Wextra -Wno-unused-parameter -o $@ $<
