@@ -31,7 +31,8 @@ public final class TextWriter: EventWriter {
     /// - Parameters:
     ///   - summaryOutput: where `lost` lines and the summary go (stderr); nil puts them in
     ///     `output`, since loss is never silent.
-    ///   - startNs: CLOCK_MONOTONIC time of the session start; TIME is seconds since it.
+    ///   - startNs: CLOCK_MONOTONIC time of the session start, before any probe is
+    ///     attached; TIME is seconds since it.
     public init(probes: [ProbeDescriptor], output: OutputBuffer,
                 summaryOutput: OutputBuffer? = nil, startNs: UInt64) {
         let longest = probes.map { probe in

@@ -58,15 +58,18 @@ struct Trace: ParsableCommand {
         if bufferMb <= 0 || bufferMb & (bufferMb - 1) != 0 || bufferMb > 1024 {
             throw UtapError.usage("--buffer-mb \(bufferMb): must be a power of two from 1 to 1024")
         }
+        // TIME counts from before the first probe goes in: a probe attached early fires
+        // while the others are still attaching.
+        let startNs = monotonicNow()
         let live = try options.start(mode: .stream, userStacks: stack, bufferBytes: bufferMb << 20)
         let descriptors = live.descriptors
         let stderrBuffer = OutputBuffer(fd: STDERR_FILENO, ownsFD: false)
         let writer: EventWriter = options.format == .json
             ? JSONWriter(probes: descriptors, output: live.output)
-            : TextWriter(probes: descriptors, output: live.output, summaryOutput: stderrBuffer, startNs: monotonicNow())
+            : TextWriter(probes: descriptors, output: live.output, summaryOutput: stderrBuffer, startNs: startNs)
         // The text summary always reaches the user on stderr, whatever the stream's format.
         let stderrSummary = options.format == .json
-            ? TextWriter(probes: descriptors, output: stderrBuffer, startNs: monotonicNow()) : nil
+            ? TextWriter(probes: descriptors, output: stderrBuffer, startNs: startNs) : nil
         let runner = TraceRunner(live: live, writer: writer, summaryWriter: stderrSummary,
                                  maxEvents: maxEvents, duration: options.duration)
         live.command?.release()

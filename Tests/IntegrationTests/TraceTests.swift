@@ -276,8 +276,11 @@ final class TraceTests: XCTestCase {
                 usleep(200_000)
                 let r = utap.stop(signo)
                 XCTAssertEqual(r.status, 0, "signal \(signo)")
-                let ticks = r.stdout.split(separator: "\n").filter { $0.contains("tick") }.count
+                let lines = r.stdout.split(separator: "\n").filter { $0.contains("tick") }
+                let ticks = lines.count
                 XCTAssertTrue(r.stderr.contains("utap: \(ticks) events, 0 lost"), r.stderr)
+                // TIME counts from before the probes went in, so no hit comes before it.
+                XCTAssertFalse(lines.contains { $0.drop { $0 == " " }.hasPrefix("-") }, "\(lines.prefix(3))")
                 XCTAssertGreaterThan(ticks, 10)
                 XCTAssertEqual(kill(target.pid, 0), 0, "the traced process survives utap")
             }
