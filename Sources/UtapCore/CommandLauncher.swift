@@ -100,7 +100,10 @@ public final class LaunchedCommand {
         let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
         for dir in path.split(separator: ":", omittingEmptySubsequences: false) {
             let candidate = (dir.isEmpty ? "." : String(dir)) + "/" + name
-            if access(candidate, X_OK) == 0, !isDirectory(candidate) { return candidate }
+            if access(candidate, X_OK) == 0, !isDirectory(candidate) {
+                try checkExecutable(candidate, shown: name)
+                return candidate
+            }
         }
         throw .usage("command '\(name)': not found in PATH")
     }
@@ -111,6 +114,10 @@ public final class LaunchedCommand {
         }
         if isDirectory(path) || access(path, X_OK) != 0 {
             throw .usage("command '\(shown)': not an executable file")
+        }
+        // Its probes would go on the 64-bit libraries it never maps: nothing would fire.
+        if let problem = ELFImage.foreignELFProblem(path) {
+            throw .usage("command '\(shown)': \(problem)", hint: "utap traces 64-bit x86-64 programs")
         }
     }
 

@@ -167,6 +167,17 @@ public final class ELFImage: Sendable {
         return headerProblem(readHeader(fd)) == nil
     }
 
+    /// Why the ELF file at `path` cannot be traced here (32-bit, another architecture);
+    /// nil when it is a 64-bit x86-64 ELF, or no ELF at all (a script: its interpreter runs).
+    static func foreignELFProblem(_ path: String) -> String? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let header = readHeader(fd)
+        guard header.starts(with: [0x7F, 0x45, 0x4C, 0x46]) else { return nil }
+        return headerProblem(header)
+    }
+
     /// The first 20 bytes of the file (through `e_machine`), or fewer if it is shorter.
     private static func readHeader(_ fd: Int32) -> [UInt8] {
         var header = [UInt8](repeating: 0, count: 20)

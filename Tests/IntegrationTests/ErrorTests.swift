@@ -87,6 +87,9 @@ final class ErrorTests: XCTestCase {
 
     func testELFOfAnotherArchitecture() {
         assertFails(["trace", fixtures.aarch64 + ":add2"], status: 2, mentions: [fixtures.aarch64, "AArch64"])
+        // As a COMMAND: its library probes would sit in the 64-bit libc it never maps.
+        assertFails(["count", "libc:malloc", "--", fixtures.x86], status: 2, mentions: [fixtures.x86, "32-bit ELF for x86"],
+                    hint: "64-bit x86-64 programs")
     }
 
     // MARK: Symbols, offsets, addresses
@@ -350,6 +353,8 @@ private final class Fixtures {
     let text: String
     /// args_pie with e_machine patched to EM_AARCH64.
     let aarch64: String
+    /// args_pie's header patched to a 32-bit (ELFCLASS32) EM_386 file.
+    let x86: String
 
     init() throws {
         var template = Array((NSTemporaryDirectory() + "utap-errors-XXXXXX").utf8CString)
@@ -364,6 +369,11 @@ private final class Fixtures {
         elf[19] = 0x00
         try elf.write(to: URL(fileURLWithPath: aarch64))
         chmod(aarch64, 0o755)
+        x86 = directory + "/args_x86"
+        elf[4] = 1      // ELFCLASS32
+        elf[18] = 0x03  // e_machine = EM_386
+        try elf.write(to: URL(fileURLWithPath: x86))
+        chmod(x86, 0o755)
     }
 
     deinit {
