@@ -251,27 +251,44 @@ final class BPFSession: TraceSession {
         }
     }
 
-    /// Refuses, before anything is loaded, a uprobe on a vector (AVX) instruction: the
-    /// kernel decodes one as the legacy opcode byte it carries, so it refuses some, never
-    /// fires on others and emulates others as jumps, corrupting the program (see
-    /// `InstructionDecoder.entryOffset`). A runtime error: `auto` then takes ptrace, which
-    /// steps the instruction itself.
+    /// Refuses, before anything is loaded, a uprobe the kernel would mishandle or refuse:
+    /// on a vector (AVX) instruction, which it decodes as the legacy opcode byte it
+    /// carries, so it refuses some, never fires on others and emulates others as jumps,
+    /// corrupting the program (see `InstructionDecoder.entryOffset`); or on one it refuses
+    /// (a lock or segment prefix, a system instruction: the ptrace backend's refusals,
+    /// which follow the kernel's), which it does silently when the file is mapped after
+    /// attaching, as a COMMAND's libraries are. A runtime error: `auto` then takes ptrace
+    /// for a vector instruction, which it steps itself.
     private func checkSites() throws(UtapError) {
         var checked = Set<String>()
         for attachment in attachments where checked.insert("\(attachment.fileOffset)@\(attachment.path)").inserted {
             let code = try InstructionDecoder.code(atFileOffset: attachment.fileOffset, in: attachment.path)
-            guard InstructionDecoder.isVectorEncoded(at: 0, in: code) else { continue }
             let probe = plan.probes[attachment.probe]
             let address = probe.address &+ (attachment.fileOffset &- probe.fileOffset)
-            throw .runtime("probe '\(probe.name)': the kernel's uprobes mishandle the vector (AVX) instruction at "
-                           + "0x\(String(address, radix: 16))\(probe.function.map { " in \($0)" } ?? "")",
-                           hint: "probe another instruction of the function, or use --backend ptrace")
+            let place = "0x\(String(address, radix: 16))\(probe.function.map { " in \($0)" } ?? "")"
+            if InstructionDecoder.isVectorEncoded(at: 0, in: code) {
+                throw .runtime("probe '\(probe.name)': the kernel's uprobes mishandle the vector (AVX) instruction at \(place)",
+                               hint: "probe another instruction of the function, or use --backend ptrace")
+            }
+            if case .refuse(let reason) = InstructionAnalysis.plan(code, at: address, stub: address) {
+                throw .runtime("probe '\(probe.name)': the kernel's uprobes refuse the instruction at \(place) (\(reason))",
+                               hint: "probe another instruction of the function")
+            }
         }
     }
 
+    /// The kernel's ENOTSUPP, which strerror does not know.
+    static let notSupported: Int32 = 524
+
     private func attachError(_ code: Int32, probe: String, path: String, offset: String) -> UtapError {
-        LibbpfLog.error("probe '\(probe)': cannot attach uprobe to \(path)\(offset)", errno: code,
-                        hint: code == ESRCH ? "the process exited" : nil)
+        if code == Self.notSupported {
+            // arch_uprobe_analyze_insn: an instruction the kernel will not step or emulate
+            // (a lock or segment prefix, a system instruction).
+            return .runtime("probe '\(probe)': the kernel's uprobes refuse the instruction at a probe site in \(path)\(offset)",
+                            hint: "probe another instruction ('utap list -v' shows where a probe by name goes), or use --backend ptrace")
+        }
+        return LibbpfLog.error("probe '\(probe)': cannot attach uprobe to \(path)\(offset)", errno: code,
+                               hint: code == ESRCH ? "the process exited" : nil)
     }
 
     /// The CPUs a thread can run on now; a CPU brought online later has no ring, and its

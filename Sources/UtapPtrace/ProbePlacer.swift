@@ -60,7 +60,7 @@ final class ProbePlacer {
                 if case .refuse(let reason) = InstructionAnalysis.plan(code, at: offset, stub: offset) {
                     let name = roles.compactMap(\.probeIndex).first.map { probes[$0].name } ?? "probe"
                     throw .usage("probe '\(name)': the ptrace backend cannot probe this instruction (\(reason))",
-                                 hint: "probe another instruction, or use --backend bpf")
+                                 hint: "probe another instruction of the function ('utap list -v' shows where a probe by name goes)")
                 }
             }
         }

@@ -15,8 +15,10 @@ struct List: ParsableCommand {
         entry probe by name goes and what a hit costs there: '+4 emulated' (the kernel
         emulates the instruction, well under a microsecond) or '+0 stepped' (it
         single-steps it, 10-20 us, included in a return probe's latency); '+0 vector' for
-        a vector (AVX) instruction, which the bpf backend refuses (README); '-' for an
-        IFUNC (its probe goes on the implementation) or unreadable code. USDT probes follow the
+        a vector (AVX) instruction, which only the ptrace backend probes (README);
+        '+0 refused' for one neither backend probes (a lock prefix, a system
+        instruction); '-' for an IFUNC (its probe goes on the implementation) or
+        unreadable code. USDT probes follow the
         functions as usdt:TARGET:PROVIDER:NAME lines, ready to use as probes (PATTERN
         matches PROVIDER:NAME or NAME; -v adds the site and argument specs).
 
@@ -103,5 +105,9 @@ private func entryText(_ symbol: ELFSymbol, in image: ELFImage) -> String {
           let code = image.bytes(atVirtualAddress: symbol.address, count: Int(clamping: symbol.size)) else { return "-" }
     let entry = InstructionDecoder.entryPlacement(in: code)
     if InstructionDecoder.isVectorEncoded(at: entry.offset, in: code) { return "+\(entry.offset) vector" }
+    let site = symbol.address + UInt64(entry.offset)
+    if case .refuse = InstructionAnalysis.plan(Array(code[entry.offset...].prefix(16)), at: site, stub: site) {
+        return "+\(entry.offset) refused"
+    }
     return "+\(entry.offset) \(entry.emulated ? "emulated" : "stepped")"
 }

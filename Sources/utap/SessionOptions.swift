@@ -173,7 +173,8 @@ struct SessionOptions: ParsableArguments {
             return (try BPFBackend().attach(plan), "bpf")
         case .auto:
             let reason: String
-            if Capabilities.current().canUseBPF {
+            let privileged = Capabilities.current().canUseBPF
+            if privileged {
                 do throws(UtapError) {
                     return (try BPFBackend().attach(plan), "bpf")
                 } catch where error.code == .runtime {
@@ -185,7 +186,8 @@ struct SessionOptions: ParsableArguments {
             try checkStillRunning(plan)
             guard case .process = plan.scope else {
                 throw .runtime("cannot use the bpf backend: \(reason)",
-                               hint: "run utap as root, or give -p PID or -- COMMAND so ptrace can be used instead")
+                               hint: (privileged ? "" : "run utap as root, or ")
+                                   + "give -p PID or -- COMMAND so ptrace can be used instead")
             }
             warn("utap: bpf backend unavailable (\(reason)); using ptrace", prefix: false)
             return (try PtraceBackend().attach(plan), "ptrace")

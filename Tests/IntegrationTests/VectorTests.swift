@@ -40,14 +40,14 @@ final class VectorTests: XCTestCase {
             XCTAssertEqual(try counts(["v_regs", "c_vec", "e_regs", "libc:memset"]),
                            ["v_regs": 40, "c_vec": 40, "e_regs": evexCalls, "libc:memset": 40], backend)
         }
-        let list = try Harness.utap(["list", "-v", program, "[vce]_*"])
+        let list = try Harness.utap(["list", "-v", program, "[vcel]_*"])
         XCTAssertEqual(list.stdout.split(separator: "\n").map { $0.split(separator: " ").dropFirst(2).joined(separator: " ") },
-                       ["+0 stepped c_vec", "+6 stepped e_regs", "+0 vector v_load", "+9 stepped v_regs"])
+                       ["+0 stepped c_vec", "+6 stepped e_regs", "+0 refused l_lock", "+0 vector v_load", "+9 stepped v_regs"])
     }
 
     /// v_load opens with a vector load: no site before it. bpf refuses it (the kernel
     /// silently never fired there); ptrace steps it out of line; a glob leaves it out on
-    /// both, with a warning, and takes the rest.
+    /// both, with a warning, and takes the rest. l_lock neither backend probes.
     func testAVectorInstructionSiteIsRefusedByBPFAndSteppedByPtrace() throws {
         let refused = try Harness.utap(["count", "--backend", "bpf", "v_load", "--", program, "40"])
         XCTAssertEqual(refused.status, 1, refused.stderr)
@@ -58,17 +58,28 @@ final class VectorTests: XCTestCase {
 
         XCTAssertEqual(try counts(["v_load", "e_regs"], options: ["--backend", "ptrace"]), ["v_load": 40, "e_regs": evexCalls])
 
+        // l_lock opens with a lock prefix: the kernel refuses it, silently for a file
+        // mapped after attaching (count 0 before utap checked); ptrace refuses it too.
+        let locked = try Harness.utap(["count", "--backend", "bpf", "l_lock", "--", program, "40"])
+        XCTAssertEqual(locked.status, 1, locked.stderr)
+        XCTAssertTrue(locked.stderr.hasPrefix("utap: error: probe 'l_lock': the kernel's uprobes refuse the instruction at 0x"), locked.stderr)
+        XCTAssertTrue(locked.stderr.contains(" in l_lock (lock prefix)\n"), locked.stderr)
+        let stepped = try Harness.utap(["count", "--backend", "ptrace", "l_lock", "--", program, "40"])
+        XCTAssertEqual(stepped.status, 2, stepped.stderr)
+        XCTAssertTrue(stepped.stderr.contains("cannot probe this instruction (lock prefix)"), stepped.stderr)
+
         try Harness.eachBackend { backend in
             let path = NSTemporaryDirectory() + "utap-vector-glob-\(getpid()).out"
             defer { unlink(path) }
-            let r = try Harness.utap(["count", "--format", "json", "-o", path, "[vce]_*", "--", program, "40"])
+            let r = try Harness.utap(["count", "--format", "json", "-o", path, "[vcel]_*", "--", program, "40"])
             XCTAssertEqual(r.status, 0, r.stderr)
-            XCTAssertTrue(r.stderr.contains("utap: warning: probe '[vce]_*': 1 of the functions matching '[vce]_*' cannot be probed, left out: v_load (a vector instruction)\n"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("utap: warning: probe '[vcel]_*': 2 of the functions matching '[vcel]_*' cannot be probed, "
+                                            + "left out: l_lock (lock prefix), v_load (a vector instruction)\n"), r.stderr)
             let json = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
             for (name, calls) in [("c_vec", 40), ("e_regs", evexCalls), ("v_regs", 40)] {
                 XCTAssertTrue(json.contains("\"probe\":\"\(name)\",\"count\":\(calls)"), "\(backend) \(name): \(json)")
             }
-            XCTAssertFalse(json.contains("v_load"), json)
+            XCTAssertFalse(json.contains("v_load") || json.contains("l_lock"), json)
         }
     }
 }

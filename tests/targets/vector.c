@@ -13,6 +13,8 @@
  *              CPU has AVX-512 BW and VL (0 calls elsewhere).
  *   memset     libc's, through a pointer: its AVX2 or AVX-512 implementation opens
  *              with a vector instruction on most machines.
+ *   l_lock(p)  opens with a lock prefix, which the kernel refuses (silently when the
+ *              file is mapped after the probe is attached, as a COMMAND's are).
  * Prints "v_regs=C v_load=C c_vec=C e_regs=E memset=C bad=B"; exits 1 when B > 0.
  */
 #include <stdio.h>
@@ -59,12 +61,18 @@ NAKED int e_regs(int c) {
             "ret");
 }
 
+/* Adds 1 to *p atomically. */
+NAKED void l_lock(int *p) {
+    __asm__("lock incl (%rdi)\n\t"
+            "ret");
+}
+
 int main(int argc, char **argv) {
     int count = argc > 1 ? atoi(argv[1]) : 100;
     int evex = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     void *(*volatile set)(void *, int, size_t) = memset;
     char buf[256];
-    int bad = 0;
+    int bad = 0, locked = 0;
     for (int i = 0; i < count; i++) {
         int c = 1 + i % 250;
         if (v_regs(c) != c) bad++;
@@ -76,7 +84,9 @@ int main(int argc, char **argv) {
         if (evex && e_regs(c) != c) bad++;
         set(buf, c, 255);
         if (buf[0] != (char)c || buf[254] != (char)c) bad++;
+        l_lock(&locked);
     }
+    if (locked != count) bad++;
     printf("v_regs=%d v_load=%d c_vec=%d e_regs=%d memset=%d bad=%d\n", count, count, count, evex ? count : 0, count, bad);
     if (bad) fprintf(stderr, "vector: %d wrong results\n", bad);
     return bad ? 1 : 0;
