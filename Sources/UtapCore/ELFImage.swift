@@ -290,7 +290,7 @@ public final class ELFImage: Sendable {
         return buffer
     }
 
-    private func segment(containing address: UInt64) -> LoadSegment? {
+    func segment(containing address: UInt64) -> LoadSegment? {
         segments.first { address >= $0.virtualAddress && address - $0.virtualAddress < $0.fileSize }
     }
 

@@ -266,6 +266,10 @@ public struct ProbeResolver {
         guard let fileOffset = image.fileOffset(ofVirtualAddress: address) else {
             throw .usage("probe '\(spec.name)': address 0x\(String(address, radix: 16)) is not in a loadable segment of \(image.path)")
         }
+        guard image.segment(containing: address)?.isExecutable == true else {
+            throw .usage("probe '\(spec.name)': address 0x\(String(address, radix: 16)) is in a data segment of \(image.path), not in code",
+                         hint: "'utap list -v \(image.path)' shows its functions' addresses")
+        }
         return ResolvedProbe(name: name, kind: spec.kind, fields: spec.fields, path: image.path,
                              function: function, address: address, fileOffset: fileOffset)
     }

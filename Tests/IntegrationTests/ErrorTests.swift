@@ -111,6 +111,8 @@ final class ErrorTests: XCTestCase {
     func testAddressOutsideEverySegment() {
         assertFails(["trace", "0xffffffff", "--", argsPie], status: 2, mentions: ["0xffffffff", argsPie])
         assertFails(["trace", argsPie + ":0xffffffff"], status: 2, mentions: ["0xffffffff"])
+        // args_pie's .rodata (0x2000): mapped, but data.
+        assertFails(["trace", "0x2000", "--", argsPie], status: 2, mentions: ["0x2000", "data segment"], hint: "utap list -v")
     }
 
     // MARK: Probe grammar
