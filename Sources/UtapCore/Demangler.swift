@@ -101,9 +101,13 @@ public struct DemangledName: Equatable, Sendable {
         self.keys = unique
     }
 
-    /// Whether the shell glob `pattern` matches the full name or one of its keys.
+    /// Whether the shell glob `pattern` matches the full name or one of its keys. A C++
+    /// template instance's full name starts with its return type, which is not its name:
+    /// `app::*` must not take `app::Shape** std::copy<…>(…)`, so only the keys without
+    /// the return type are matched then.
     public func matches(glob pattern: String) -> Bool {
-        fnmatch(pattern, text, 0) == 0 || keys.contains { fnmatch(pattern, $0, 0) == 0 }
+        let names = scheme == .itanium ? ([text] + keys).filter { !NameKeys.startsWithReturnType($0) } : [text] + keys
+        return names.contains { fnmatch(pattern, $0, 0) == 0 }
     }
 }
 
@@ -256,6 +260,15 @@ enum NameKeys {
         guard end.last == ascii(")"), let open = matchingOpen(ofLastIn: end), open > end.startIndex else { return nil }
         let name = trimmedRight(end[..<open])
         return name.isEmpty ? nil : name
+    }
+
+    /// Whether `text` is a template function instance's name led by its return type (a
+    /// clone's ` [clone .isra.0]` suffix aside).
+    static func startsWithReturnType(_ text: String) -> Bool {
+        var bytes = Bytes(text.utf8)
+        let clone = Array(" [clone ".utf8)
+        if let at = bytes.indices.first(where: { bytes[$0...].starts(with: clone) }) { bytes = bytes[..<at] }
+        return withoutReturnType(bytes).count != bytes.count
     }
 
     /// `std::vector<int> ns::make<int>` -> `ns::make<int>`: template function instances

@@ -245,9 +245,13 @@ final class DemanglerTests: XCTestCase {
             ELFSymbol(name: "_ZN6shapes5printEPKc", address: 0x30, size: 8),
             ELFSymbol(name: "_RNvMCsg2uOCHkCCLm_11demangle_rsNtB2_7Counter4bump", address: 0x40, size: 8),
             ELFSymbol(name: "main", address: 0x50, size: 8),
+            // app::Shape* const* std::__miter_base<app::Shape* const*>(app::Shape* const*)
+            ELFSymbol(name: "_ZSt12__miter_baseIPKPN3app5ShapeEET_S5_", address: 0x60, size: 8),
+            // shapes::print(char const*) [clone .isra.0]
+            ELFSymbol(name: "_ZN6shapes5printEPKc.isra.0", address: 0x70, size: 8),
         ]
         let functions = DemangledFunctions(symbols)
-        XCTAssertEqual(functions.entries.map(\.symbol.address), [0x10, 0x20, 0x30, 0x40])
+        XCTAssertEqual(functions.entries.map(\.symbol.address), [0x10, 0x20, 0x30, 0x40, 0x60, 0x70])
         func addresses(_ name: String) -> [UInt64] { functions.functions(named: name).map(\.symbol.address) }
         XCTAssertEqual(addresses("shapes::Counter::bump"), [0x10, 0x20])
         XCTAssertEqual(addresses("shapes::Counter::bump(int)"), [0x10])
@@ -257,7 +261,9 @@ final class DemanglerTests: XCTestCase {
         XCTAssertEqual(addresses("<demangle_rs::Counter>::bump"), [0x40])
         XCTAssertEqual(addresses("main"), [], "plain names are the symbol table's business")
         func globbed(_ pattern: String) -> [UInt64] { functions.functions(matching: pattern).map(\.symbol.address) }
-        XCTAssertEqual(globbed("shapes::*"), [0x10, 0x20, 0x30])
+        XCTAssertEqual(globbed("shapes::*"), [0x10, 0x20, 0x30, 0x70], "a clone by its full name")
+        XCTAssertEqual(globbed("app::*"), [], "a return type is not a name")
+        XCTAssertEqual(globbed("std::__miter_base*"), [0x60])
         XCTAssertEqual(globbed("*::bump"), [0x10, 0x20, 0x40])
         XCTAssertEqual(globbed("*::bump(double)"), [0x20])
         XCTAssertEqual(globbed("demangle_rs::*"), [0x40])
