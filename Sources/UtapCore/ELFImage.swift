@@ -55,6 +55,8 @@ public final class ELFImage: Sendable {
     public let segments: [LoadSegment]
     /// `DT_NEEDED` entries in file order.
     public let needed: [String]
+    /// `PT_INTERP`: the dynamic loader an executable names, or nil.
+    public let interpreter: String?
     /// `DT_RUNPATH`, else `DT_RPATH`, split on ':' with `$ORIGIN` left unexpanded.
     public let runPaths: [String]
     /// Whether the file still has its full symbol table (is not stripped).
@@ -83,6 +85,7 @@ public final class ELFImage: Sendable {
         functions = contents.functions
         segments = contents.segments
         needed = contents.needed
+        interpreter = contents.interpreter
         runPaths = contents.runPaths
         hasSymtab = contents.hasSymtab
         buildID = contents.buildID
@@ -360,6 +363,7 @@ private struct Contents {
     var functions: [ELFSymbol] = []
     var segments: [LoadSegment] = []
     var needed: [String] = []
+    var interpreter: String?
     var runPaths: [String] = []
     var hasSymtab = false
     var buildID: [UInt8] = []
@@ -400,6 +404,12 @@ private struct Contents {
         for index in 0..<count {
             var phdr = GElf_Phdr()
             guard gelf_getphdr(elf, Int32(index), &phdr) != nil else { throw failure("program headers") }
+            if phdr.p_type == UInt32(PT_INTERP), phdr.p_filesz < 4096 {
+                var bytes = [UInt8](repeating: 0, count: Int(phdr.p_filesz))
+                if pread(fd, &bytes, bytes.count, off_t(phdr.p_offset)) == bytes.count {
+                    contents.interpreter = String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+                }
+            }
             guard phdr.p_type == UInt32(PT_LOAD) else { continue }
             contents.segments.append(LoadSegment(
                 virtualAddress: phdr.p_vaddr, memorySize: phdr.p_memsz,

@@ -116,9 +116,23 @@ public enum LibraryResolver {
 
     /// Where ld.so would find `name` for `executable`; `root` is prefixed to every place
     /// (the root of a process that has not loaded it), `libraryPath` is LD_LIBRARY_PATH.
+    /// Where the dynamic loader finds `name`, a DT_NEEDED entry of `object`: its RUNPATH,
+    /// then LD_LIBRARY_PATH (utap's, which a COMMAND inherits), ld.so.cache and the default
+    /// directories. Nil when it is nowhere.
+    public static func needed(_ name: String, of object: ELFImage) -> String? {
+        let origin = directoryName(realPath(object.path) ?? object.path)
+        return try? onDisk(name, runPaths: expanded(object.runPaths, origin: origin, root: ""))
+    }
+
     private static func onDisk(_ name: String, executable: String?, root: String = "",
                                libraryPath: [String] = ownLibraryPath) throws(UtapError) -> String {
-        var directories = executable.map { runPathDirectories($0, root: root) } ?? []
+        try onDisk(name, runPaths: executable.map { runPathDirectories($0, root: root) } ?? [], root: root,
+                   libraryPath: libraryPath)
+    }
+
+    private static func onDisk(_ name: String, runPaths: [String], root: String = "",
+                               libraryPath: [String] = ownLibraryPath) throws(UtapError) -> String {
+        var directories = runPaths
         directories += libraryPath.map { root + $0 }
         if let found = search(name, in: directories) { return found }
         if case .success(let bytes) = readFileBytes(root + "/etc/ld.so.cache"),
@@ -143,9 +157,11 @@ public enum LibraryResolver {
         // A process's /proc/PID/exe links to the path it sees, relative to its root.
         let origin = root.isEmpty ? directoryName(realPath(executable) ?? executable)
                                   : directoryName(readLink(executable) ?? "/")
-        return image.runPaths.map {
-            root + $0.replacing("${ORIGIN}", with: origin).replacing("$ORIGIN", with: origin)
-        }
+        return expanded(image.runPaths, origin: origin, root: root)
+    }
+
+    private static func expanded(_ runPaths: [String], origin: String, root: String) -> [String] {
+        runPaths.map { root + $0.replacing("${ORIGIN}", with: origin).replacing("$ORIGIN", with: origin) }
     }
 
     private static func search(_ name: String, in directories: [String]) -> String? {

@@ -127,10 +127,34 @@ public struct ProbeResolver {
                             + "fire only in programs it starts (statically linked? probe its own copy: \(lastPathComponent(executable)):NAME)")
         }
         let (path, loaded) = try LibraryResolver.locate(target, pid: pid, executable: executable ?? pid.map { "/proc/\($0)/exe" })
+        if pid == nil, let executable, !links(executable, path),
+           !warnings.contains(where: { $0.hasPrefix("\(executable) does not link \(path)") }) {
+            warnings.append("\(executable) does not link \(path): probes there fire only if it loads the library "
+                            + "(dlopen) or runs a program that does (--follow-forks)")
+        }
         if !loaded, let pid, !warnings.contains(where: { $0.hasPrefix("pid \(pid) has not loaded \(target) ") }) {
             warnings.append("pid \(pid) has not loaded \(target) (yet): its probes are on \(path), which it would load")
         }
         return path
+    }
+
+    /// Whether the program `executable` loads `library` at start: it is its dynamic
+    /// loader or in the closure of its DT_NEEDED, as the loader finds them. True when it
+    /// cannot tell (a script: its interpreter is another program).
+    mutating func links(_ executable: String, _ library: String) -> Bool {
+        guard let target = realPath(library), let program = try? image(at: executable) else { return true }
+        if program.needed.isEmpty && program.interpreter == nil { return true }  // static: warned about elsewhere
+        if let loader = program.interpreter, realPath(loader) == target { return true }
+        var queue = [executable], seen: Set<String> = []
+        while let file = queue.popLast() {
+            guard seen.insert(file).inserted, seen.count <= 256, let object = try? image(at: file) else { continue }
+            for name in object.needed {
+                guard let path = LibraryResolver.needed(name, of: object) else { continue }
+                if realPath(path) == target { return true }
+                queue.append(path)
+            }
+        }
+        return false
     }
 
     mutating func image(at path: String) throws(UtapError) -> ELFImage {

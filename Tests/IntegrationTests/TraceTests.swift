@@ -149,7 +149,16 @@ final class TraceTests: XCTestCase {
             XCTAssertTrue(r.events("libutaptest:lib_add").allSatisfy { $0.int("b") == 100 })
             XCTAssertEqual(r.events("libutaptest:lib_greet").map { $0.field("s") as? String }, ["world"])
             XCTAssertEqual(r.events("libutaptest:lib_greet%return").map { $0.int("n") }, [5])
+            XCTAssertFalse(r.stderr.contains("does not link"), r.stderr)
         }
+        // A library the COMMAND does not link (zlib, for args_pie) is probed, and said so:
+        // a silent count of 0 looked like a function that was never called.
+        let unlinked = try Harness.utap(["count", "libz:deflate", "libc:malloc", "--", Harness.target("args_pie"), "3"])
+        XCTAssertEqual(unlinked.status, 0, unlinked.stderr)
+        let warnings = unlinked.stderr.split(separator: "\n").filter { $0.hasPrefix("utap: warning: ") }
+        XCTAssertEqual(warnings.count, 1, unlinked.stderr)
+        XCTAssertTrue(warnings.first?.contains("\(Harness.target("args_pie")) does not link ") == true
+                      && warnings.first?.contains("/libz.so") == true, unlinked.stderr)
     }
 
     func testRecursionPairsEveryReturnWithItsEntry() throws {
