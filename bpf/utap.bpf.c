@@ -642,8 +642,10 @@ static __always_inline int on_entry(struct pt_regs *ctx)
                 p->ts[i] = now;
                 p->sp[i] = ctx->rsp;
                 p->depth = d + 1;
-            } else {
-                /* The kernel will not hijack this return either: its return is lost. */
+            } else if (!(cfg->flags & UTAP_PROBE_SITES_MARK) || (cfg->flags & UTAP_PROBE_HIST)) {
+                /* The kernel will not hijack this return either: its return is lost. On
+                 * ret sites the return is still seen, without its latency: lost only
+                 * when the latency is what is recorded. */
                 count_lost(cfg->probe);
             }
         }

@@ -43,11 +43,15 @@ extension Attachment {
             if plan.followForks { config.flags |= UInt32(UTAP_PROBE_FOLLOW.rawValue) }
             var countsOnly = false
             if case .count = plan.mode { countsOnly = true }
-            if onReturn && !countsOnly {
+            // A count of hijacked returns keeps the entries too: past 64 pending calls of a
+            // thread the kernel hijacks no more returns, and only the entry side can count
+            // those as lost.
+            if onReturn && (!countsOnly || probe.returnSites.isEmpty) {
                 config.flags |= UInt32(UTAP_PROBE_POP_TS.rawValue)
                 var push = utap_probe_config()
                 push.flags = UInt32(UTAP_PROBE_PUSH_TS.rawValue) | (config.flags & UInt32(UTAP_PROBE_FOLLOW.rawValue))
                     | (probe.returnSites.isEmpty ? 0 : UInt32(UTAP_PROBE_SITES_MARK.rawValue))
+                    | (config.flags & UInt32(UTAP_PROBE_HIST.rawValue))
                 push.probe = UInt32(index)
                 result.append(Attachment(probe: index, path: probe.path, fileOffset: probe.fileOffset,
                                          semaphoreOffset: probe.semaphoreOffset, isReturn: false, config: push))

@@ -104,6 +104,9 @@ public final class PtraceEngine {
     /// Called for each return event lost because a thread's return stack was full (the
     /// probe's index).
     public var onLost: (Int) -> Void = { _ in }
+    /// Called for each call of a probe on `ret` sites whose entry could not be kept (a
+    /// full stack of marks): its return is seen, without a latency.
+    public var onUntimed: (Int) -> Void = { _ in }
     /// The root process's wait status, once the engine reaped its leader.
     public private(set) var rootExitStatus: Int32?
 
@@ -435,7 +438,7 @@ public final class PtraceEngine {
                 if thread.marks.count < Self.maxReturnDepth {
                     thread.marks.append(EntryMark(probe: probe, sp: sp, entryNs: now))
                 } else {
-                    onLost(probe)  // its return is seen, without a latency
+                    onUntimed(probe)
                 }
             case .returnSite(let probe):
                 // `ret` runs now: rsp points at the return address, as at entry.

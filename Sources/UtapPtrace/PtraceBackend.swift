@@ -179,6 +179,8 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
             // The engine keeps these closures: unowned references, no cycle.
             live.onHit = { [unowned self] hit in self.record(hit, events) }
             live.onLost = { [unowned self] probe in shared.withLock { $0.lost[probe] += 1 } }
+            // An untimed call is lost only where its latency is what is recorded (as bpf).
+            if plan.mode == .latency { live.onUntimed = live.onLost }
             live.onMappingsChanged = { [placer, unowned live] space in
                 events.forget(pid: space.pid)
                 try? placer.place(in: space, engine: live)

@@ -31,8 +31,11 @@ struct Count: ParsableCommand {
         try options.checkSeconds(interval, "--interval")
         let live = try options.start(mode: .count(byPid: byPid), bufferBytes: 1 << 16, fieldsAllowed: false)
         let writer = AggregateWriter(probes: live.descriptors, json: options.format == .json, output: live.output)
+        let returns = live.probes.contains { $0.kind == .return }
         let runner = AggregateRunner(live: live, interval: interval, duration: options.duration,
-                                     lost: "hits could not be counted (the per-process table was full)") { aggregates in
+                                     lost: "hits could not be counted (" + (returns ? "a thread had 64 calls pending their "
+                                         + "return, past which returns are not followed: deep recursion; or " : "")
+                                         + "the per-process table was full)") { aggregates in
             try writer.writeCounts(aggregates, byPid: byPid, timestampNs: monotonicNow())
         }
         live.command?.release()

@@ -76,6 +76,22 @@ final class PtraceTests: XCTestCase {
             XCTAssertEqual(r.events.count, 64, backend)
             XCTAssertEqual(r.summary?["lost"] as? Int, 37, backend)
             XCTAssertTrue(r.stdout.split(separator: "\n").contains("100"), "the program's own line: \(r.stdout)")
+
+            // count follows the same returns, and says what it missed (bpf said nothing).
+            let count = try Harness.utap(["count", "--return-mode", "hijack", "\(dir)/deep:down%return", "--", dir + "/deep"])
+            XCTAssertTrue(count.stdout.contains("down%return  64\n"), "\(backend): \(count.stdout)")
+            XCTAssertTrue(count.stderr.contains("utap: warning: 37 hits could not be counted (a thread had 64 calls pending"), count.stderr)
+
+            // On ret sites every return is seen: 101 events, none lost, 64 with a latency;
+            // a latency histogram loses the 37 it cannot time.
+            let sites = try Harness.utap(["trace", "--format", "json", "--return-mode", "sites", "\(dir)/deep:down%return ret",
+                                          "--", dir + "/deep"])
+            XCTAssertEqual(sites.events.count, 101, backend)
+            XCTAssertEqual(sites.summary?["lost"] as? Int, 0, backend)
+            XCTAssertEqual(sites.events.filter { $0["latency_ns"] != nil }.count, 64, backend)
+            let latency = try Harness.utap(["latency", "--return-mode", "sites", "\(dir)/deep:down", "--", dir + "/deep"])
+            XCTAssertTrue(latency.stdout.contains("count=64 "), "\(backend): \(latency.stdout)")
+            XCTAssertTrue(latency.stderr.contains("utap: warning: 37 calls could not be timed"), latency.stderr)
         }
     }
 

@@ -79,7 +79,8 @@ enum utap_probe_flags {
     UTAP_PROBE_POP_TS = 4,  /* return: take the entry time back and report latency */
     UTAP_PROBE_COUNT = 8,   /* add one to the probe's hit counter (utap count) */
     UTAP_PROBE_BY_PID = 16, /* with COUNT: one counter per process, in `pid_counts` */
-    UTAP_PROBE_HIST = 32,   /* return: add the latency to the probe's histogram (utap latency) */
+    UTAP_PROBE_HIST = 32,   /* return: add the latency to the probe's histogram (utap latency);
+                             * with PUSH_TS: an entry that cannot be kept is a call lost */
     UTAP_PROBE_STACK = 64,  /* with EMIT: append the user stack to the record */
     UTAP_PROBE_ALL_REGS = 128, /* some field reads a register other than an argument (USDT) */
     UTAP_PROBE_RET_SITE = 256, /* an entry-side probe on a `ret`: acts as the return probe */
