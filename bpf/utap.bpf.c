@@ -69,6 +69,26 @@ struct task_struct {
     int tgid;
 } __attribute__((preserve_access_index));
 
+struct super_block {
+    unsigned int s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+    unsigned long i_ino;
+    struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+    struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct vm_area_struct {
+    unsigned long vm_start;
+    unsigned long vm_pgoff;
+    unsigned long vm_flags;
+    struct file *vm_file;
+} __attribute__((preserve_access_index));
+
 /* A new process whose parent is traced is traced too (threads share the tgid already). */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(utap_fork, struct task_struct *parent, struct task_struct *child)
@@ -200,6 +220,23 @@ static __always_inline void count_lost(__u32 slot)
  * The registers a field can name, indexed by enum utap_source. Copied up front: the
  * verifier refuses context loads through a computed pointer, which a switch would become.
  */
+/*
+ * Where a string BPF could not read lies in a file, for user space to read it there when
+ * the process is gone by then (a short command): its page was never touched, so it holds
+ * what the file does. Only read-only mappings: a written page can be swapped out.
+ */
+static long string_origin_of(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+    struct utap_string_origin *o = data;
+    struct file *file = vma->vm_file;
+    if (!file || (vma->vm_flags & 2 /* VM_WRITE */))
+        return 0;
+    o->ino = file->f_inode->i_ino;
+    o->dev = file->f_inode->i_sb->s_dev;
+    o->file_offset = o->address - vma->vm_start + (vma->vm_pgoff << 12);
+    return 0;
+}
+
 static __always_inline void load_sources(struct pt_regs *ctx, __u64 regs[8])
 {
     regs[UTAP_SRC_ARG0] = ctx->rdi;
@@ -348,10 +385,13 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
             } else {
                 /*
                  * Usually a page not faulted in yet (a constant string never touched),
-                 * which BPF cannot fault in: hand the pointer to user space to read.
+                 * which BPF cannot fault in: hand the pointer to user space to read, and
+                 * the file it comes from, if any.
                  */
-                *(__u64 *)&s->buf[off] = v;
-                off += 8;
+                struct utap_string_origin o = { .address = v };
+                bpf_find_vma(bpf_get_current_task_btf(), v, string_origin_of, &o, 0);
+                __builtin_memcpy(&s->buf[off], &o, sizeof(o));
+                off += sizeof(o);
             }
         } else {
             e->values[i] = v;

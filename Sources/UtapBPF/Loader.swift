@@ -37,7 +37,7 @@ final class BPFSession: TraceSession {
     init(plan: TracePlan) throws(UtapError) {
         self.plan = plan
         self.attachments = Attachment.all(for: plan)
-        self.decoder = RecordDecoder(probes: plan.probes, stacks: plan.userStacks)
+        self.decoder = RecordDecoder(probes: plan.probes, stacks: plan.userStacks, program: plan.program)
         scratch = .allocate(capacity: 1)
         scratch.initialize(to: RecordDecoder.emptyEvent)
         LibbpfLog.install()

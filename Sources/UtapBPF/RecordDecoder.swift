@@ -1,3 +1,4 @@
+import Glibc
 import UtapABI
 import UtapCore
 
@@ -16,7 +17,11 @@ final class RecordDecoder {
     /// Only with --stack: it indexes the probed files' build IDs when made.
     private let symbolizer: Symbolizer?
 
-    init(probes: [ResolvedProbe], stacks: Bool) {
+    /// Where strings of processes gone before their records were read are looked for.
+    private let stringFiles: StringFiles
+
+    init(probes: [ResolvedProbe], stacks: Bool, program: String? = nil) {
+        stringFiles = StringFiles(candidates: Array(Set(probes.map(\.path) + (program.map { [$0] } ?? []))).sorted())
         let types = probes.flatMap { $0.fields.map(\.type) }
         fieldTypes = .allocate(capacity: types.count)
         _ = fieldTypes.initialize(from: types)
@@ -164,11 +169,14 @@ final class RecordDecoder {
             let offset = Int(raw >> 32)
             let result = Int32(bitPattern: UInt32(truncatingIfNeeded: raw))
             if result <= 0 {
-                // BPF could not read; the pointer follows. Retry from user space.
-                guard offset + 8 <= record.count else { return .unreadable(address: 0) }
-                let address = record.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
-                guard let late = memory.string(pid: pid, address: address, maxLength: maxLength) else {
-                    return .unreadable(address: address)
+                // BPF could not read (a page never touched): struct utap_string_origin
+                // follows. Read the process's memory, or when it is gone, the file.
+                let size = MemoryLayout<utap_string_origin>.size
+                guard offset + size <= record.count else { return .unreadable(address: 0) }
+                let origin = record.loadUnaligned(fromByteOffset: offset, as: utap_string_origin.self)
+                guard let late = memory.string(pid: pid, address: origin.address, maxLength: maxLength)
+                        ?? stringFiles.string(origin, maxLength: maxLength) else {
+                    return .unreadable(address: origin.address)
                 }
                 return .string(late.bytes, truncated: late.truncated)
             }
@@ -180,5 +188,50 @@ final class RecordDecoder {
         default:
             return .integer(raw, as: type)
         }
+    }
+}
+
+/// The files whose read-only mappings a string BPF could not read may come from, found
+/// by identity (the record's device and inode) among the probed files, the program and
+/// the libraries they link, indexed the first time a process is gone before its string
+/// could be read from its memory.
+final class StringFiles {
+    private struct Identity: Hashable {
+        var major: UInt64, minor: UInt64, inode: UInt64
+    }
+
+    private let candidates: [String]
+    private lazy var paths: [Identity: String] = index()
+
+    init(candidates: [String]) {
+        self.candidates = candidates
+    }
+
+    func string(_ origin: utap_string_origin, maxLength: Int) -> (bytes: [UInt8], truncated: Bool)? {
+        guard origin.ino != 0 else { return nil }
+        // The kernel's dev_t is major << 20 | minor.
+        let identity = Identity(major: origin.dev >> 20, minor: origin.dev & 0xFFFFF, inode: origin.ino)
+        guard let path = paths[identity] else { return nil }
+        return ProcessMemory.string(file: path, at: origin.file_offset, maxLength: maxLength)
+    }
+
+    private func index() -> [Identity: String] {
+        var files = candidates
+        for path in candidates {
+            guard let image = try? ELFImage.open(path) else { continue }
+            files += image.needed.compactMap { LibraryResolver.needed($0, of: image) }
+            if let loader = image.interpreter { files.append(loader) }
+        }
+        var paths: [Identity: String] = [:]
+        for path in files {
+            var info = stat()
+            guard stat(path, &info) == 0 else { continue }
+            // glibc's dev_t: minor in bits 0-7 and 20-43, major in bits 8-19 and 44-63.
+            let dev = UInt64(info.st_dev)
+            let major = (dev >> 8) & 0xFFF | (dev >> 32) & ~0xFFF
+            let minor = dev & 0xFF | (dev >> 12) & ~0xFF
+            paths[Identity(major: major, minor: minor, inode: UInt64(info.st_ino))] = path
+        }
+        return paths
     }
 }

@@ -61,6 +61,9 @@ public struct TracePlan: Equatable, Sendable {
     /// The process of `scope` is utap's `-- COMMAND`, held before exec: its probes go into
     /// the image it is about to exec (the ptrace backend places them at the exec stop).
     public var startsAtExec = false
+    /// The traced program's file (the COMMAND's, or the -p process's at start): with the
+    /// probed files, where a string a process left unread when it exited is looked for.
+    public var program: String?
 
     public init(probes: [ResolvedProbe], scope: TraceScope, mode: TraceMode = .stream,
                 userStacks: Bool = false, filter: [FilterInstruction] = [], followForks: Bool = false,

@@ -221,7 +221,7 @@ func directoryName(_ path: String) -> String {
     return slash == path.startIndex ? "/" : String(path[..<slash])
 }
 
-func realPath(_ path: String) -> String? {
+public func realPath(_ path: String) -> String? {
     guard let resolved = realpath(path, nil) else { return nil }
     defer { free(resolved) }
     return String(cString: resolved)

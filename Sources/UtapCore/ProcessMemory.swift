@@ -13,8 +13,21 @@ public final class ProcessMemory {
     /// the memory cannot be read. `truncated` when no NUL came within the limit.
     public func string(pid: Int32, address: UInt64, maxLength: Int) -> (bytes: [UInt8], truncated: Bool)? {
         guard address != 0, let fd = descriptor(pid) else { return nil }
+        return Self.string(fd: fd, at: address, maxLength: maxLength)
+    }
+
+    /// The same, at `offset` in the file at `path`: a string of a read-only mapping of a
+    /// process that is gone.
+    public static func string(file path: String, at offset: UInt64, maxLength: Int) -> (bytes: [UInt8], truncated: Bool)? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return string(fd: fd, at: offset, maxLength: maxLength)
+    }
+
+    private static func string(fd: Int32, at offset: UInt64, maxLength: Int) -> (bytes: [UInt8], truncated: Bool)? {
         var result: [UInt8] = []
-        var at = address
+        var at = offset
         // Page by page: a string may end just before an unmapped page.
         while result.count < maxLength {
             let pageLeft = 4096 - Int(at & 4095)

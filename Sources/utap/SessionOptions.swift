@@ -132,6 +132,7 @@ struct SessionOptions: ParsableArguments {
             var plan = TracePlan(probes: resolved, scope: scope, mode: mode, userStacks: userStacks,
                                  filter: program, followForks: followForks, bufferBytes: bufferBytes)
             plan.startsAtExec = launched != nil
+            plan.program = launched?.executable ?? pid.flatMap { realPath("/proc/\($0)/exe") }
             let (session, backendName) = try attach(plan)
             // Least privilege from here on (the ptrace tracer thread drops its own).
             try Capabilities.keepOnly(Capabilities.keptAfterAttach)

@@ -93,6 +93,18 @@ enum utap_probe_flags {
                                    * same stack pointer will never return */
 };
 
+/*
+ * In place of a string field BPF could not read (its value's low half <= 0, high half this
+ * struct's offset in the record): the pointer, and the file that address maps read-only
+ * (ino 0 when none), for user space to read the string from.
+ */
+struct utap_string_origin {
+    __u64 address;
+    __u64 ino;
+    __u64 dev;          /* the kernel's dev_t: major << 20 | minor */
+    __u64 file_offset;
+};
+
 /* Settings fixed before load, in the object's read-only data (`settings`). */
 struct utap_settings {
     __u32 tracer_tgid;  /* utap's own process: its hits are ignored */
