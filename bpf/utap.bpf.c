@@ -167,8 +167,14 @@ struct {
     __array(values, struct ring);
 } events SEC(".maps");
 
-/* A record is assembled here, then copied into the ring buffer at its exact size. */
+/*
+ * A record is assembled here, then copied into the ring buffer at its exact size. A
+ * uprobe program can be preempted (multi-links run it with migration, not preemption,
+ * disabled), and another thread then run it on the same CPU: `users` keeps that one
+ * out (its event is counted lost) rather than let it overwrite a record half built.
+ */
 struct scratch {
+    __u64 users;
     /* A copy of struct pt_regs, for fields naming any register (USDT arguments). */
     __u64 pt_regs[UTAP_PT_REGS_SLOTS + 3];
     /* Room past UTAP_RECORD_MAX so a write at any masked offset is provably in bounds. */
@@ -343,18 +349,11 @@ static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap
     bpf_ringbuf_submit(e, wake_flag(ring));
 }
 
-/* `pid_tgid`: bpf_get_current_pid_tgid(), taken once a hit (each call is a helper call). */
-static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_config *cfg,
-                                 __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
+/* The record of a probe with strings, registers or a stack, built in `s` (claimed). */
+static __always_inline void build_and_send(struct pt_regs *ctx, const struct utap_probe_config *cfg,
+                                           struct scratch *s, __u64 now, __u64 latency, __u16 flags,
+                                           __u64 pid_tgid)
 {
-    if (cfg->flags & UTAP_PROBE_INTEGERS) {
-        emit_integers(ctx, cfg, now, latency, flags, pid_tgid);
-        return;
-    }
-    __u32 zero = 0;
-    struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-    if (!s)
-        return;
     struct utap_event *e = (struct utap_event *)s->buf;
     __u32 nfields = cfg->nfields;
     if (nfields > UTAP_MAX_FIELDS)
@@ -420,6 +419,29 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
     void *ring = this_cpu_ring();
     if (!ring || bpf_ringbuf_output(ring, s->buf, off, wake_flag(ring)))
         count_lost(cfg->probe);
+}
+
+/* `pid_tgid`: bpf_get_current_pid_tgid(), taken once a hit (each call is a helper call). */
+static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_config *cfg,
+                                 __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
+{
+    if (cfg->flags & UTAP_PROBE_INTEGERS) {
+        emit_integers(ctx, cfg, now, latency, flags, pid_tgid);
+        return;
+    }
+    __u32 zero = 0;
+    struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+    if (!s)
+        return;
+    /* Atomic adds (no fetch needed): of two claims at once, at most the first proceeds. */
+    __sync_fetch_and_add(&s->users, 1);
+    if (*(volatile __u64 *)&s->users != 1) {
+        __sync_fetch_and_add(&s->users, -1);
+        count_lost(cfg->probe);
+        return;
+    }
+    build_and_send(ctx, cfg, s, now, latency, flags, pid_tgid);
+    __sync_fetch_and_add(&s->users, -1);
 }
 
 static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
