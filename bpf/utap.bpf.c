@@ -90,28 +90,6 @@ struct vm_area_struct {
     struct file *vm_file;
 } __attribute__((preserve_access_index));
 
-/* A new process whose parent is traced is traced too (threads share the tgid already). */
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(utap_fork, struct task_struct *parent, struct task_struct *child)
-{
-    __u32 parent_tgid = parent->tgid, child_tgid = child->tgid;
-    if (parent_tgid == child_tgid || !bpf_map_lookup_elem(&traced, &parent_tgid))
-        return 0;
-    __u8 yes = 1;
-    bpf_map_update_elem(&traced, &child_tgid, &yes, BPF_ANY);
-    return 0;
-}
-
-/* A process leaves the set when its last thread, the leader, exits (its pid may be reused). */
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(utap_exit, struct task_struct *task)
-{
-    __u32 tgid = task->tgid;
-    if (task->pid == task->tgid)
-        bpf_map_delete_elem(&traced, &tgid);
-    return 0;
-}
-
 /* Hits per probe (utap count); sized by the loader. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -210,6 +188,37 @@ struct {
     __type(key, __u32);
     __type(value, struct pending_calls);
 } pending_zero SEC(".maps");
+
+/*
+ * A new process whose parent is traced is traced too (threads share the tgid already).
+ * Its forking thread's pending calls go with it: the child returns from them too, on its
+ * copy of the stack (the kernel copies hijacked returns likewise), so `fork%return` in
+ * the child has the latency of the parent's call, as with the ptrace backend.
+ */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(utap_fork, struct task_struct *parent, struct task_struct *child)
+{
+    __u32 parent_tgid = parent->tgid, child_tgid = child->tgid;
+    if (parent_tgid == child_tgid || !bpf_map_lookup_elem(&traced, &parent_tgid))
+        return 0;
+    __u8 yes = 1;
+    bpf_map_update_elem(&traced, &child_tgid, &yes, BPF_ANY);
+    __u32 parent_tid = parent->pid, child_tid = child->pid;
+    struct pending_calls *calls = bpf_map_lookup_elem(&pending, &parent_tid);
+    if (calls)
+        bpf_map_update_elem(&pending, &child_tid, calls, BPF_ANY);
+    return 0;
+}
+
+/* A process leaves the set when its last thread, the leader, exits (its pid may be reused). */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(utap_exit, struct task_struct *task)
+{
+    __u32 tgid = task->tgid;
+    if (task->pid == task->tgid)
+        bpf_map_delete_elem(&traced, &tgid);
+    return 0;
+}
 
 /*
  * Counters are per CPU, yet updated atomically: uprobe programs run with preemption

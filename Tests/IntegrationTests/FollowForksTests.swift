@@ -35,6 +35,37 @@ final class FollowForksTests: XCTestCase {
         XCTAssertGreaterThan(mixed.events(forever + ":tick").count, 50, "the child ticks every ms for 0.3 s")
     }
 
+    /// A forked child returns from fork() too, on its copy of the stack: with --follow-forks
+    /// both returns are seen, each with the latency of the parent's call, on both backends
+    /// (bpf gave the child's none).
+    func testForkReturnsInBothProcessesWithItsLatency() throws {
+        let dir = NSTemporaryDirectory() + "utap-fork-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try """
+            #include <unistd.h>
+            #include <sys/wait.h>
+            int main(void) {
+                pid_t child = fork();
+                if (child == 0) _exit(0);
+                waitpid(child, 0, 0);
+                return 0;
+            }
+            """.write(toFile: dir + "/forks.c", atomically: true, encoding: .utf8)
+        let cc = try Harness.run("/usr/bin/cc", ["-O2", "-o", dir + "/forks", dir + "/forks.c"])
+        XCTAssertEqual(cc.status, 0, cc.stderr)
+        try Harness.eachBackend { backend in
+            let r = try Harness.utap(["trace", "--format", "json", "--follow-forks", "libc:fork%return r=ret:s32",
+                                      "--", dir + "/forks"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let returns = r.events("libc:fork%return")
+            // The child's return is 0, in the child; the parent's is the child's pid.
+            let child = returns.first { $0.int("r") == 0 }.map { Int64($0["pid"] as! Int) } ?? -1
+            XCTAssertEqual(Set(returns.map { $0.int("r")! }), [0, child], backend)
+            XCTAssertEqual(returns.filter { $0["latency_ns"] != nil }.count, 2, "\(backend): \(returns)")
+        }
+    }
+
     /// An empty trace of a command that started processes says why, once: the usual case
     /// is a script that runs the program to trace. Not when something was seen, nor when
     /// the children were followed.
