@@ -54,8 +54,9 @@ struct {
 } filter_verdict SEC(".maps");
 
 /*
- * --follow-forks: the traced process and every process it forks, by tgid. Probes are
- * attached system-wide then, and a hit outside this set is ignored at once.
+ * The traced process and every process it forks, by tgid. With --follow-forks probes are
+ * attached system-wide, and a hit outside this set is ignored at once; without, the set
+ * only serves to count the processes started (`forks`).
  */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -63,6 +64,14 @@ struct {
     __type(key, __u32);
     __type(value, __u8);
 } traced SEC(".maps");
+
+/* Processes the traced ones started: without --follow-forks, why a trace may be empty. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} forks SEC(".maps");
 
 /* Only the fields used, relocated by name against the running kernel's BTF (CO-RE). */
 struct task_struct {
@@ -203,6 +212,10 @@ int BPF_PROG(utap_fork, struct task_struct *parent, struct task_struct *child)
         return 0;
     __u8 yes = 1;
     bpf_map_update_elem(&traced, &child_tgid, &yes, BPF_ANY);
+    __u32 zero = 0;
+    __u64 *started = bpf_map_lookup_elem(&forks, &zero);
+    if (started)
+        __sync_fetch_and_add(started, 1);
     __u32 parent_tid = parent->pid, child_tid = child->pid;
     struct pending_calls *calls = bpf_map_lookup_elem(&pending, &parent_tid);
     if (calls)

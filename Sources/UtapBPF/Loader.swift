@@ -91,7 +91,7 @@ final class BPFSession: TraceSession {
         if !plan.followForks { try setMaxEntries("traced", 1) }
         try writeSettings()
         for name in ["utap_fork", "utap_exit"] {
-            bpf_program__set_autoload(bpf_object__find_program_by_name(obj, name), plan.followForks)
+            bpf_program__set_autoload(bpf_object__find_program_by_name(obj, name), watchesForks)
         }
         for name in ["utap_entry", "utap_return", "utap_entry_multi", "utap_return_multi"] {
             let prog = bpf_object__find_program_by_name(obj, name)
@@ -180,21 +180,45 @@ final class BPFSession: TraceSession {
     }
 
     /// Seeds `traced` with the process and hooks fork and exit before any probe goes in.
+    /// Whether the fork and exit tracepoint programs are loaded: for --follow-forks, and to
+    /// count the processes a traced one starts where the kernel has BTF (tp_btf programs
+    /// need it; without it only --follow-forks fails).
+    private var watchesForks: Bool {
+        guard case .process = plan.scope else { return false }
+        return plan.followForks || access("/sys/kernel/btf/vmlinux", R_OK) == 0
+    }
+
+    /// Watches the traced process's forks: for --follow-forks, and otherwise to tell
+    /// whether it started processes (`startedProcesses`), which without --follow-forks
+    /// may fail quietly (the runner then looks at /proc).
     private func followForks() throws(UtapError) {
-        guard plan.followForks, case .process(let pid) = plan.scope else { return }
-        var key = UInt32(bitPattern: pid)
-        var yes: UInt8 = 1
-        if bpf_map_update_elem(bpf_map__fd(map("traced")), &key, &yes, UInt64(BPF_ANY)) != 0 {
-            throw LibbpfLog.error("--follow-forks: cannot record pid \(pid)", errno: errno)
-        }
-        for name in ["utap_fork", "utap_exit"] {
-            guard let link = bpf_program__attach(bpf_object__find_program_by_name(object, name)),
-                  libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
-                throw LibbpfLog.error("--follow-forks: cannot attach to the sched_process_\(name.dropFirst(5)) tracepoint", errno: errno,
-                                      hint: "this kernel needs BTF (/sys/kernel/btf/vmlinux) for --follow-forks")
+        guard watchesForks, case .process(let pid) = plan.scope else { return }
+        do throws(UtapError) {
+            var key = UInt32(bitPattern: pid)
+            var yes: UInt8 = 1
+            if bpf_map_update_elem(bpf_map__fd(map("traced")), &key, &yes, UInt64(BPF_ANY)) != 0 {
+                throw LibbpfLog.error("--follow-forks: cannot record pid \(pid)", errno: errno)
             }
-            links.append(.libbpf(link))
+            for name in ["utap_fork", "utap_exit"] {
+                guard let link = bpf_program__attach(bpf_object__find_program_by_name(object, name)),
+                      libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
+                    throw LibbpfLog.error("--follow-forks: cannot attach to the sched_process_\(name.dropFirst(5)) tracepoint", errno: errno,
+                                          hint: "this kernel needs BTF (/sys/kernel/btf/vmlinux) for --follow-forks")
+                }
+                links.append(.libbpf(link))
+            }
+        } catch where !plan.followForks {
+            return
         }
+    }
+
+    /// `startedProcesses` as it was when the object was closed.
+    private var startedProcessesAtDetach = false
+
+    var startedProcesses: Bool {
+        guard object != nil else { return startedProcessesAtDetach }
+        var key: UInt32 = 0, started: UInt64 = 0
+        return bpf_map_lookup_elem(bpf_map__fd(map("forks")), &key, &started) == 0 && started > 0
     }
 
     private func attachAll() throws(UtapError) {
@@ -480,6 +504,7 @@ final class BPFSession: TraceSession {
         for fd in ringFDs { close(fd) }
         ringFDs = []
         if let object {
+            startedProcessesAtDetach = startedProcesses
             bpf_object__close(object)
             self.object = nil
         }

@@ -102,6 +102,9 @@ public protocol TraceSession: AnyObject {
     var reapsTracedProcess: Bool { get }
     /// Its wait status, once it ended while traced.
     var tracedExitStatus: Int32? { get }
+    /// Whether the traced process (or one it started) started another process; false
+    /// when the backend cannot tell.
+    var startedProcesses: Bool { get }
 }
 
 extension TraceSession {
@@ -114,6 +117,7 @@ extension TraceSession {
 extension TraceSession {
     public var reapsTracedProcess: Bool { false }
     public var tracedExitStatus: Int32? { nil }
+    public var startedProcesses: Bool { false }
 }
 
 /// A way of putting probes in place: bpf or ptrace.

@@ -107,6 +107,8 @@ public final class PtraceEngine {
     /// Called for each call of a probe on `ret` sites whose entry could not be kept (a
     /// full stack of marks): its return is seen, without a latency.
     public var onUntimed: (Int) -> Void = { _ in }
+    /// Called when a traced process starts another (fork, vfork, clone of a process).
+    public var onProcessStarted: () -> Void = {}
     /// The root process's wait status, once the engine reaped its leader.
     public private(set) var rootExitStatus: Int32?
 
@@ -673,6 +675,7 @@ public final class PtraceEngine {
         }
         thread.emitsEvents = followForks && parent.emitsEvents
         announce(thread)
+        onProcessStarted()
     }
 
     /// A fork child utap does not follow: its copy of the text gets the original bytes

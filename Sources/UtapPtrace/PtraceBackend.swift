@@ -50,6 +50,8 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
         var tracerThread: pthread_t?
         /// The traced process's wait status, when it ended while traced.
         var exitStatus: Int32?
+        /// A traced process started another (see `startedProcesses`).
+        var startedProcesses = false
         var failure: UtapError?
         init(probes: Int) { aggregates = .empty(probes: probes) }
         init() { aggregates = .empty(probes: 0) }
@@ -141,6 +143,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
     /// The wait status of the traced process when it ended while traced (the tracer reaped
     /// it: nobody else can).
     var tracedExitStatus: Int32? { shared.withLock { $0.exitStatus } }
+    var startedProcesses: Bool { shared.withLock { $0.startedProcesses } }
     var reapsTracedProcess: Bool { true }
 
     /// Detaching is all there is to it: the queue stays readable afterwards.
@@ -179,6 +182,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
             // The engine keeps these closures: unowned references, no cycle.
             live.onHit = { [unowned self] hit in self.record(hit, events) }
             live.onLost = { [unowned self] probe in shared.withLock { $0.lost[probe] += 1 } }
+            live.onProcessStarted = { [unowned self] in shared.withLock { $0.startedProcesses = true } }
             // An untimed call is lost only where its latency is what is recorded (as bpf).
             if plan.mode == .latency { live.onUntimed = live.onLost }
             live.onMappingsChanged = { [placer, unowned live] space in

@@ -67,7 +67,7 @@ struct StopConditions {
     /// Says, when the probes saw nothing, that the command started processes they do not
     /// see: a script that runs the program to trace is the usual reason for an empty trace.
     func hintUnfollowedChildren(eventsSeen: UInt64) {
-        guard eventsSeen == 0, children?.sawChildren == true else { return }
+        guard eventsSeen == 0, let children, children.sawChildren || session.startedProcesses else { return }
         warn("utap: hint: the command started child processes, which are not traced without --follow-forks",
              prefix: false)
     }
@@ -262,7 +262,9 @@ struct TraceRunner {
 }
 
 /// Whether a process started children: its main thread's children list in /proc, looked
-/// at on each slow check (a child that lives less than that may go unseen).
+/// at on each slow check (a child that lives less than that may go unseen). The backends
+/// see every fork (`TraceSession.startedProcesses`); this covers a kernel without BTF,
+/// where the bpf backend cannot watch them.
 final class ChildWatch {
     let pid: Int32
     private(set) var sawChildren = false
