@@ -142,7 +142,8 @@ public struct ProbeResolver {
     /// loader or in the closure of its DT_NEEDED, as the loader finds them. True when it
     /// cannot tell (a script: its interpreter is another program).
     mutating func links(_ executable: String, _ library: String) -> Bool {
-        guard let target = realPath(library), let program = try? image(at: executable) else { return true }
+        guard let target = realPath(library), target != realPath(executable),
+              let program = try? image(at: executable) else { return true }
         if program.needed.isEmpty && program.interpreter == nil { return true }  // static: warned about elsewhere
         if let loader = program.interpreter, realPath(loader) == target { return true }
         var queue = [executable], seen: Set<String> = []

@@ -202,6 +202,10 @@ struct SessionOptions: ParsableArguments {
         let systemLink = output.hasPrefix("/dev/") || output.hasPrefix("/proc/")
         let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | (systemLink ? 0 : O_NOFOLLOW), 0o644)
         guard fd >= 0 else {
+            if errno == ELOOP && !systemLink {
+                throw .runtime("cannot open output file '\(output)': it is a symbolic link, which utap does not write through",
+                               hint: "give the path it points to")
+            }
             throw .runtime("cannot open output file '\(output)': \(String(cString: strerror(errno)))")
         }
         return OutputBuffer(fd: fd, ownsFD: true)

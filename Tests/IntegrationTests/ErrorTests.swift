@@ -297,6 +297,11 @@ final class ErrorTests: XCTestCase {
     func testUnwritableOutputFile() {
         let path = "/nonexistent/dir/out.json"
         assertFails(["trace", "-o", path, argsPie + ":add2", "--", argsPie], status: 1, mentions: [path])
+        // A symbolic link is not written through (one planted in /tmp could redirect root's output).
+        let link = fixtures.directory + "/link.json"
+        symlink(fixtures.directory + "/target.json", link)
+        assertFails(["trace", "-o", link, argsPie + ":add2", "--", argsPie], status: 1, mentions: [link, "symbolic link"],
+                    hint: "the path it points to")
     }
 
     // MARK: list

@@ -184,6 +184,9 @@ final class TraceTests: XCTestCase {
         XCTAssertEqual(warnings.count, 1, unlinked.stderr)
         XCTAssertTrue(warnings.first?.contains("\(Harness.target("args_pie")) does not link ") == true
                       && warnings.first?.contains("/libz.so") == true, unlinked.stderr)
+        // The program itself, named by its path, is no library it lacks.
+        let own = try Harness.utap(["count", Harness.target("args_pie") + ":add2", "--", Harness.target("args_pie"), "3"])
+        XCTAssertFalse(own.stderr.contains("warning"), own.stderr)
     }
 
     func testRecursionPairsEveryReturnWithItsEntry() throws {
