@@ -46,6 +46,10 @@ public struct ProbeResolver {
             // arguments) keep their symbol names apart.
             let shared = Dictionary(grouping: matches, by: \.name).filter { $0.value.count > 1 }.keys
             matches = matches.map { shared.contains($0.name) && $0.name != $0.symbol.name ? ($0.symbol, $0.symbol.name) : $0 }
+            // Local symbols of one name (libc's eight `str_to_mpn.part.0.constprop.0`) by
+            // their address too, so their rows and JSON keys stay apart.
+            let stillShared = Dictionary(grouping: matches, by: \.name).filter { $0.value.count > 1 }.keys
+            matches = matches.map { stillShared.contains($0.name) ? ($0.symbol, "\($0.name)@0x\(String($0.symbol.address, radix: 16))") : $0 }
             if matches.isEmpty {
                 throw .usage("probe '\(spec.name)': no function in \(image.path) matches '\(pattern)'", hint: image.strippedHint)
             }

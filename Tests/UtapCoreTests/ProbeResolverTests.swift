@@ -50,6 +50,25 @@ final class ProbeResolverTests: XCTestCase {
         XCTAssertFalse(ProbeResolver.isColdFragment("f.part.0"))
     }
 
+    /// Local functions of one name from two files (libc has eight of some) are told apart
+    /// by address in a glob's probe names.
+    func testGlobNamesSameNamedLocalFunctionsByAddress() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let other = directory + "/other.c"
+        try "__attribute__((noinline)) static int helper(int x) { return x * 3; }\nint other(int x) { return helper(x); }\n"
+            .write(toFile: other, atomically: true, encoding: .utf8)
+        let path = try Toolchain.compile("""
+            __attribute__((noinline)) static int helper(int x) { return x + 1; }
+            int other(int);
+            int main(int argc, char **argv) { (void)argv; return helper(argc) + other(argc); }
+            """, to: "twice", in: directory, flags: [other])
+        let helpers = try ELFImage.open(path).functions(named: "helper").map(\.address)
+        XCTAssertEqual(helpers.count, 2)
+        var resolver = ProbeResolver(pid: nil, executable: nil)
+        let names = try resolver.resolve(try ProbeParser.parse(path + ":help*")).map(\.name)
+        XCTAssertEqual(names.sorted(), helpers.map { "\(path):helper@0x\(String($0, radix: 16))" }.sorted())
+    }
+
     /// On ret sites, a glob's functions that never return are left out with one warning;
     /// a probe naming one is refused, as is a glob that matches nothing else.
     func testReturnSitesLeaveOutFunctionsWithoutARet() throws {
