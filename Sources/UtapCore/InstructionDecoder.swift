@@ -79,13 +79,13 @@ public enum InstructionDecoder {
     /// first instruction is not one, the first other one is vector-encoded too, or a jump
     /// of the function lands among them.
     private static func pastVectorRegisterWrites(in code: [UInt8]) -> Int? {
-        var at = 0
-        while at < code.count, at == 0 || isVectorEncoded(at: at, in: code) {
-            guard at < 64, let length = vectorRegisterWriteLength(at: at, in: code) else { return nil }
+        var at = 0, passed = 0
+        while at < code.count, isVectorEncoded(at: at, in: code) {
+            guard passed < 4, let length = vectorRegisterWriteLength(at: at, in: code) else { return nil }
             at += length
+            passed += 1
         }
-        guard at > 0, at < code.count, !isVectorEncoded(at: at, in: code),
-              !hasJump(in: code, landingIn: 1...at) else { return nil }
+        guard at > 0, at < code.count, !hasJump(in: code, landingIn: 1...at) else { return nil }
         return at
     }
 

@@ -96,6 +96,9 @@ final class InstructionDecoderTests: XCTestCase {
         XCTAssertEqual(placement(vmovdToXmm + [0x55] + ret), "+4 emulated", "then a push")
         XCTAssertEqual(placement(endbr + vmovdToXmm + movEdiEax + ret), "+0 stepped", "endbr64 first: on it")
         XCTAssertEqual(placement(endbr + [0x55] + ret), "+4 emulated")
+        XCTAssertEqual(placement(Array([[UInt8]](repeating: vmovdToXmm, count: 4).joined()) + movEdiEax + ret), "+16 stepped")
+        XCTAssertEqual(InstructionDecoder.entryOffset(in: Array([[UInt8]](repeating: vmovdToXmm, count: 5).joined()) + movEdiEax + ret), 0,
+                       "at most four")
         // Not passed: the vector instruction is the site (the bpf backend refuses it).
         XCTAssertEqual(InstructionDecoder.entryOffset(in: [0xC5, 0xFE, 0x6F, 0x07] + movEdiEax + ret), 0,
                        "vmovdqu (%rdi),%ymm0 reads memory")
