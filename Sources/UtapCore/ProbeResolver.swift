@@ -11,6 +11,8 @@ public struct ProbeResolver {
     public internal(set) var warnings: [String] = []
     private var images: [String: ELFImage] = [:]
     private var demangled: [String: DemangledFunctions] = [:]
+    /// `links(executable, library)` by library path: asked once per probe.
+    private var linked: [String: Bool] = [:]
 
     public init(pid: Int32?, executable: String?) {
         self.pid = pid
@@ -146,6 +148,13 @@ public struct ProbeResolver {
     /// loader or in the closure of its DT_NEEDED, as the loader finds them. True when it
     /// cannot tell (a script: its interpreter is another program).
     mutating func links(_ executable: String, _ library: String) -> Bool {
+        if let known = linked[library] { return known }
+        let answer = loads(executable, library)
+        linked[library] = answer
+        return answer
+    }
+
+    private mutating func loads(_ executable: String, _ library: String) -> Bool {
         guard let target = realPath(library), target != realPath(executable),
               let program = try? image(at: executable) else { return true }
         if program.needed.isEmpty && program.interpreter == nil { return true }  // static: warned about elsewhere
