@@ -10,6 +10,8 @@ public enum OutputError: Error, Equatable, CustomStringConvertible {
     case brokenPipe
     /// write(2) failed with this errno (ENOSPC, EIO, EBADF, …).
     case writeFailed(errno: Int32)
+    /// A stop came while the reader was not reading (`givesUpWhen`): the rest was dropped.
+    case stalled
 
     public var description: String {
         switch self {
@@ -17,6 +19,8 @@ public enum OutputError: Error, Equatable, CustomStringConvertible {
             return "write output: the reader closed the pipe"
         case .writeFailed(let code):
             return "write output: \(String(cString: strerror(code)))"
+        case .stalled:
+            return "write output: the reader stopped reading"
         }
     }
 }
@@ -48,6 +52,14 @@ public final class OutputBuffer {
 
     /// Bytes that were appended but never reached the fd because a write failed.
     public private(set) var unwrittenBytes: UInt64 = 0
+
+    /// Asked when a write is interrupted (by a signal: EINTR, or a partial write): true
+    /// gives up the rest (`OutputError.stalled`) instead of writing on, which blocks as
+    /// long as the reader does not read.
+    public var givesUpWhen: (() -> Bool)?
+    /// CLOCK_MONOTONIC time a flush began or last got bytes written: how long the reader
+    /// has kept the output waiting.
+    public private(set) var lastProgressNs: UInt64 = 0
 
     /// - Parameters:
     ///   - fd: where to write; stays open after the buffer is gone unless `ownsFD`.
@@ -96,14 +108,18 @@ public final class OutputBuffer {
         }
         let bytes = buffered
         var written = 0
+        lastProgressNs = Self.now()
         while written < bytes.count {
             let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
             if n >= 0 {
                 written += n
+                if n > 0 { lastProgressNs = Self.now() }
+                if written < bytes.count, givesUpWhen?() == true { return try fail(.stalled, written: written) }
                 continue
             }
             switch errno {
             case EINTR:
+                if givesUpWhen?() == true { return try fail(.stalled, written: written) }
                 continue
             case EAGAIN:
                 // An inherited stdout may be non-blocking; wait rather than lose output.
@@ -122,6 +138,12 @@ public final class OutputBuffer {
     @inline(__always)
     public func flushIfFull() throws(OutputError) {
         if storage.pointee.count > Self.flushThreshold { try flush() }
+    }
+
+    private static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     private func fail(_ error: OutputError, written: Int) throws(OutputError) {

@@ -191,8 +191,11 @@ public final class TextWriter: EventWriter {
 
     /// Events written before a loss or summary line reach the reader before it, so a
     /// terminal showing both streams tells the story in order.
+    /// The events first, where both reach one terminal. A stream that failed (its reader
+    /// gone or stuck) keeps its error for the caller's flush: the summary, on its own
+    /// stream, is still written.
     private func outputBeforeSummary() throws {
-        if summaryOutput !== output { try output.flush() }
+        if summaryOutput !== output { try? output.flush() }
     }
 
     public func flush() throws {

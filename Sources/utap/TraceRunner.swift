@@ -44,6 +44,12 @@ struct StopConditions {
         signal(SIGPIPE, SIG_IGN) // a closed pipe surfaces as EPIPE from write
     }
 
+    /// Whether a stop was asked for (a signal) or the duration is over: what the output
+    /// watchdog looks at, from its own thread.
+    func isDue() -> Bool {
+        stopFlag[0] != 0 || deadline.map { monotonicNow() >= $0 } ?? false
+    }
+
     /// The reason to stop now, if any. Reading /proc for a -p process costs a little, so
     /// the caller says when that check is due.
     func check(processToo: Bool) -> StopReason? {
@@ -131,6 +137,9 @@ struct TraceRunner {
 
     /// How long the reader sleeps between ring-buffer checks: the bound on delivery delay.
     static let pollIntervalMs: Int32 = 5
+    /// After a stop, how long a write may wait on a reader that does not read before the
+    /// rest of the output is given up.
+    static let stalledNs: UInt64 = 500_000_000
     /// How often loss counters are read from the kernel and a -p process is checked.
     static let slowCheckNs: UInt64 = 100_000_000
     /// How long writing what was recorded before a stop may take, unless a command's run
@@ -146,6 +155,14 @@ struct TraceRunner {
         var lostReported = [UInt64](repeating: 0, count: probeCount)
         var nextSlowCheck = monotonicNow() + Self.slowCheckNs
         var stop: StopReason?
+        // A reader that stops reading must not hold utap past a stop (OutputWatchdog).
+        let output = live.output
+        output.givesUpWhen = { [unowned output] in
+            stops.isDue() && monotonicNow() &- output.lastProgressNs >= Self.stalledNs
+        }
+        let watchdog = OutputWatchdog(isDue: { stops.isDue() })
+        defer { watchdog.finish() }
+        var stalled = false
 
         func deliver(_ event: Event) throws {
             try writer.write(event)
@@ -185,6 +202,9 @@ struct TraceRunner {
                 return (.maxEvents, 0)
             } catch OutputError.brokenPipe {
                 return (.outputClosed, 0)
+            } catch OutputError.stalled {
+                stalled = true
+                return (stops.check(processToo: false) ?? .outputClosed, 0)
             }
         }
 
@@ -252,7 +272,11 @@ struct TraceRunner {
             do {
                 try writer.summary(summary)
                 try writer.flush()
-            } catch OutputError.brokenPipe {}
+            } catch OutputError.brokenPipe, OutputError.stalled {}
+            if stalled {
+                warn("utap: the output's reader stopped reading: \(output.unwrittenBytes) bytes of events were not written",
+                     prefix: false)
+            }
             try summaryWriter?.summary(summary)
             try summaryWriter?.flush()
             stops.hintUnfollowedChildren(eventsSeen: tally.total)

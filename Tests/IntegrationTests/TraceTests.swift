@@ -340,6 +340,34 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// A reader that stops reading (a paused `| less`): utap blocks in write(2), yet
+    /// --duration still ends the trace and detaches, and says what it could not write.
+    /// (It used to block until the reader read again, with ptrace holding the target.)
+    func testAReaderThatStopsReadingDoesNotHoldTheStop() throws {
+        let fifo = NSTemporaryDirectory() + "utap-stuck-\(getpid())"
+        unlink(fifo)
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        defer { unlink(fifo) }
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)  // open, never read
+        defer { close(reader) }
+        try Harness.eachBackend { backend in
+            let target = try Harness.WaitingTarget("forever", [])
+            defer { target.kill() }
+            target.release()
+            let start = Date()
+            // Two seconds of ticks (one a ms) are more than a pipe holds.
+            let command = Harness.withBackend(["trace", "--duration", "2", "-p", String(target.pid), "tick"])
+            let r = try Harness.run("/bin/sh", ["-c", "exec \"$0\" \"$@\" > '\(fifo)'", Harness.utap] + command, timeout: 20)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertLessThan(Date().timeIntervalSince(start), 6, "\(backend): the stop waited for the reader")
+            XCTAssertTrue(r.stderr.contains("utap: the output's reader stopped reading: "), r.stderr)
+            XCTAssertEqual(kill(target.pid, 0), 0, "the target runs on")
+            // Empty the pipe for the next backend.
+            var sink = [UInt8](repeating: 0, count: 1 << 16)
+            while read(reader, &sink, sink.count) > 0 {}
+        }
+    }
+
     func testOutputFileAndPipeIntoHead() throws {
         try Harness.eachBackend { backend in
             let path = NSTemporaryDirectory() + "utap-out-\(getpid()).json"
