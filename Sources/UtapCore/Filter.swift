@@ -46,6 +46,11 @@ public enum FilterCompiler {
         program.contains { $0.operation == .compare && ($0.operand == .ret || $0.operand == .latency) }
     }
 
+    /// Whether the filter reads an argument register, which a return has overwritten.
+    public static func readsArguments(_ program: [FilterInstruction]) -> Bool {
+        program.contains { $0.operation == .compare && $0.operand.rawValue <= FilterInstruction.Operand.arg5.rawValue }
+    }
+
     public static func compile(_ text: String) throws(UtapError) -> [FilterInstruction] {
         var parser = Parser(text: text)
         let program = try parser.parseOr()

@@ -107,6 +107,12 @@ struct SessionOptions: ParsableArguments {
             throw .usage("--filter: ret and latency exist only on return probes, and '\(entry.name)' is an entry probe",
                          hint: "filter entry probes on arguments, pid, tid or comm")
         }
+        // The same rule as for fields: at a return the argument registers hold anything.
+        if FilterCompiler.readsArguments(program), let exit = specs.first(where: { $0.kind == .return || mode == .latency }) {
+            throw .usage("--filter: arguments are not known at a return (their registers are overwritten by then), and '\(exit.name)' "
+                         + (mode == .latency ? "is timed at its return" : "is a return probe"),
+                         hint: "filter return probes on ret, latency, pid, tid or comm")
+        }
         StopConditions.installHandlers()
         if backend == .bpf && !Capabilities.current().canUseBPF {
             throw .runtime("cannot use the bpf backend: utap lacks CAP_BPF and CAP_PERFMON",

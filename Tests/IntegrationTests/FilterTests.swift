@@ -65,4 +65,16 @@ final class FilterTests: XCTestCase {
             XCTAssertEqual(r.stdout, "")
         }
     }
+
+    /// And arguments on returns: their registers hold anything by then (it filtered on
+    /// that garbage before, silently).
+    func testArgumentOperandsOnReturnsAreRefused() throws {
+        for command in [["trace", "--filter", "arg0 == 3", "add2%return"], ["latency", "--filter", "arg0 == 3", "add2"]] {
+            let r = try Harness.utap(command + ["--", Harness.target("args_pie")])
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.hasPrefix("utap: error: --filter: arguments are not known at a return"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("hint: filter return probes on ret, latency, pid, tid or comm"), r.stderr)
+            XCTAssertEqual(r.stdout, "", "the command never ran")
+        }
+    }
 }
