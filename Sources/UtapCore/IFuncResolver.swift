@@ -54,10 +54,4 @@ public enum IFuncResolver {
         }) else { return nil }
         return fileOffset - segment.fileOffset + segment.virtualAddress
     }
-
-    private static func isSameFile(_ a: String, _ b: String) -> Bool {
-        var first = stat(), second = stat()
-        return stat(a, &first) == 0 && stat(b, &second) == 0
-            && first.st_dev == second.st_dev && first.st_ino == second.st_ino
-    }
 }

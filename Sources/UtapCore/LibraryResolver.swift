@@ -221,6 +221,13 @@ func directoryName(_ path: String) -> String {
     return slash == path.startIndex ? "/" : String(path[..<slash])
 }
 
+/// Whether two paths name one file (device and inode), whatever links lead there.
+func isSameFile(_ a: String, _ b: String) -> Bool {
+    var first = stat(), second = stat()
+    return stat(a, &first) == 0 && stat(b, &second) == 0
+        && first.st_dev == second.st_dev && first.st_ino == second.st_ino
+}
+
 public func realPath(_ path: String) -> String? {
     guard let resolved = realpath(path, nil) else { return nil }
     defer { free(resolved) }

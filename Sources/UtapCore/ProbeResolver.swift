@@ -128,6 +128,7 @@ public struct ProbeResolver {
             return LibraryResolver.pathInProcess(target, pid: pid)
         }
         if pid == nil, let executable, let program = try? image(at: executable), program.needed.isEmpty,
+           !isSameFile(target, executable),
            !warnings.contains(where: { $0.hasPrefix("\(executable) links no shared library") }) {
             warnings.append("\(executable) links no shared library: it does not run \(target)'s code, so probes there "
                             + "fire only in programs it starts (statically linked? probe its own copy: \(lastPathComponent(executable)):NAME)")

@@ -13,6 +13,16 @@ public enum ProcessState {
         return state == "Z" || state == "X"
     }
 
+    /// Whether `pid` is a kernel thread (PF_KTHREAD in /proc/PID/stat's flags): it runs
+    /// no user code, so nothing could ever be probed in it.
+    public static func isKernelThread(_ pid: Int32) -> Bool {
+        guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        // After the comm: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 6, let flags = UInt64(fields[6]) else { return false }
+        return flags & 0x0020_0000 != 0
+    }
+
     /// A number field of /proc/PID[/task/TID]/status (`Tgid`, `TracerPid`), nil when the
     /// process (thread) is gone or has no such field.
     public static func statusNumber(_ field: String, pid: Int32, tid: Int32? = nil) -> Int32? {

@@ -82,6 +82,9 @@ struct SessionOptions: ParsableArguments {
         if ProcessState.hasExited(given) {
             throw .usage("pid \(given): has exited (a zombie its parent has not reaped)")
         }
+        if ProcessState.isKernelThread(given) {
+            throw .usage("pid \(given): is a kernel thread, which runs no user-space code to probe")
+        }
         guard let tgid = ProcessState.statusNumber("Tgid", pid: given), tgid > 0, tgid != given else { return given }
         warn("\(given) is a thread of process \(tgid): tracing the process, all its threads")
         return tgid

@@ -169,6 +169,10 @@ final class ErrorTests: XCTestCase {
         XCTAssertTrue(kill(999_999, 0) != 0 && errno == ESRCH, "pid 999999 exists on this machine")
         assertFails(["trace", "-p", "999999", "tick"], status: 2, mentions: ["999999"])
         assertFails(["trace", "-p", "999999", argsPie + ":add2"], status: 2, mentions: ["999999"])
+        // kthreadd (pid 2) is a kernel thread: bpf waited on it for nothing, ptrace blamed privileges.
+        for backend in ["bpf", "ptrace"] {
+            assertFails(["trace", "--backend", backend, "-p", "2", "libc:malloc"], status: 2, mentions: ["pid 2", "kernel thread"])
+        }
     }
 
     /// A zombie (exited, not reaped) is named as such, on both backends, not reported as

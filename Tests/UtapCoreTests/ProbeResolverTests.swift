@@ -106,5 +106,9 @@ final class ProbeResolverTests: XCTestCase {
         var linked = ProbeResolver(pid: nil, executable: dynamic)
         _ = try linked.resolve(try ProbeParser.parse("libc:malloc"))
         XCTAssertEqual(linked.warnings, [])
+        // The program's own code, named by its path: nothing to warn about.
+        var own = ProbeResolver(pid: nil, executable: fixed)
+        _ = try own.resolve(try ProbeParser.parse(fixed + ":main"))
+        XCTAssertEqual(own.warnings, [])
     }
 }
