@@ -24,7 +24,13 @@ public struct BuildIDFrame: Equatable, Sendable {
 /// file: by device and inode for mapped files (the same path in two containers is two
 /// files), by path for the known ones.
 public final class Symbolizer {
-    private var maps: [Int32: [MapEntry]] = [:]
+    /// Each process's mappings, and when they were read.
+    private var maps: [Int32: (entries: [MapEntry], readNs: UInt64)] = [:]
+    /// A frame in no mapping re-reads them (a library loaded since), but not more often
+    /// than this: a frame-pointer walk through code built without them yields garbage
+    /// addresses by the thousand, and reading a server's maps for each made utap write
+    /// a few thousand events a second.
+    static let mapsRereadNs: UInt64 = 100_000_000
     private var images: [String: ELFImage?] = [:]
     private var byBuildID: [[UInt8]: String] = [:]
     /// Demangled function names (the raw name when it is not mangled), by raw name.
@@ -86,9 +92,13 @@ public final class Symbolizer {
         func find(_ entries: [MapEntry]) -> MapEntry? {
             entries.first { address >= $0.start && address < $0.end && $0.path.hasPrefix("/") }
         }
-        if let known = maps[pid], let hit = find(known) { return hit }
+        let now = monotonicNow()
+        if let known = maps[pid] {
+            if let hit = find(known.entries) { return hit }
+            if now &- known.readNs < Self.mapsRereadNs { return nil }
+        }
         guard let fresh = try? ProcMaps.read(pid: pid) else { return nil }
-        maps[pid] = fresh
+        maps[pid] = (fresh, now)
         return find(fresh)
     }
 
