@@ -250,8 +250,11 @@ final class EventMaker {
     private let memory = ProcessMemory()
     private var comms: [Int32: String] = [:]
     private let symbolizer: Symbolizer?
-    /// Deepest user stack walked (as the BPF side's UTAP_STACK_MAX).
-    static let maxFrames = 127
+    /// Deepest user stack walked: the BPF side's UTAP_STACK_MAX.
+    static let maxFrames = 64
+    /// Per probe: whether its site is a function's first instruction, `push %rbp` or
+    /// endbr64 (see `stack`).
+    private var opensFrame: [Int: Bool] = [:]
 
     init(plan: TracePlan) {
         symbolizer = plan.userStacks ? Symbolizer(knownFiles: Array(Set(plan.probes.map(\.path))).sorted()) : nil
@@ -291,13 +294,20 @@ final class EventMaker {
         }
         return Event(timestampNs: hit.timestampNs, pid: hit.pid, tid: hit.tid, comm: comm, probe: hit.probe,
                      kind: hit.kind, fields: fields, latencyNs: hit.latencyNs,
-                     stack: userStack ? stack(hit) : nil)
+                     stack: userStack ? stack(hit, probe: probe) : nil)
     }
 
     /// The user stack by frame pointers, as the kernel walks it for BPF: the probe's
-    /// address, then each saved return address up the rbp chain.
-    private func stack(_ hit: Hit) -> [String] {
+    /// address, then each saved return address up the rbp chain. At a function's entry
+    /// (the site is `push %rbp` or endbr64, as the kernel checks) rbp is still the
+    /// caller's frame, so the return address at the top of the stack comes first, or the
+    /// immediate caller would be missing.
+    private func stack(_ hit: Hit, probe: ResolvedProbe) -> [String] {
         var addresses = [hit.kind == .return ? hit.registers[.rip] : hit.address]
+        if hit.kind == .entry, opensFrame(probe, index: hit.probe),
+           let caller = memory.integer(pid: hit.pid, address: hit.registers[.rsp], size: 8) {
+            addresses.append(caller)
+        }
         var frame = hit.registers[.rbp]
         while addresses.count < Self.maxFrames, frame != 0, frame & 7 == 0,
               let next = memory.integer(pid: hit.pid, address: frame, size: 8),
@@ -307,6 +317,14 @@ final class EventMaker {
             frame = next
         }
         return symbolizer?.frames(pid: hit.pid, addresses: addresses, buildIDFrames: []) ?? []
+    }
+
+    private func opensFrame(_ probe: ResolvedProbe, index: Int) -> Bool {
+        if let known = opensFrame[index] { return known }
+        let code = (try? InstructionDecoder.code(atFileOffset: probe.fileOffset, in: probe.path)) ?? []
+        let answer = code.first == 0x55 || InstructionDecoder.startsWithEndbr64(code)
+        opensFrame[index] = answer
+        return answer
     }
 }
 
