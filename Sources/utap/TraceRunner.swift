@@ -250,12 +250,15 @@ struct TraceRunner {
                 break
             }
         } catch OutputError.writeFailed(let code) {
-            // A full disk or a dead device: stop tracing, say how much is missing, let a
+            // A full disk or a dead device: stop tracing, say how much is missing (the
+            // buffer that failed, and every record still waiting behind it), let a
             // command finish on its own, and fail.
+            session.removeProbes()
+            let dropped = session.discardPending().reduce(0, +)
             session.detach()
             let missing = live.output.unwrittenBytes
-            warn("utap: error: write output: \(String(cString: strerror(code))): \(missing) bytes of events could not be written; probes detached",
-                 prefix: false)
+            warn("utap: error: write output: \(String(cString: strerror(code))): \(missing) bytes of events could not be written, "
+                 + "and \(dropped) more events recorded were dropped; probes detached", prefix: false)
             _ = stops.exitStatus(after: .maxEvents)
             return 1
         } catch {
