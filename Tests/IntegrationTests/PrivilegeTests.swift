@@ -18,10 +18,12 @@ final class PrivilegeTests: XCTestCase {
         try Harness.eachBackend { backend in
             let utap = try Harness.Background(["trace", "-p", String(target.pid), "tick i=arg0"])
             let pid = utap.process.processIdentifier
+            usleep(200_000)  // the output watchdog starts with the run loop, after the status line
             let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
             // ThreadSanitizer's runtime starts a thread of its own once the program has
-            // started one (ptrace: the tracer thread); it is not utap's.
-            let utapThreads = backend == "ptrace" ? 2 : 1
+            // started one (ptrace: the tracer thread); it is not utap's. utap's: the main
+            // thread, the output watchdog, and with ptrace the tracer.
+            let utapThreads = backend == "ptrace" ? 3 : 2
             let runtimeThreads = Harness.sanitizer == "thread" && backend == "ptrace" ? 1 : 0
             XCTAssertEqual(tasks.count, utapThreads + runtimeThreads, "\(backend): threads \(tasks)")
             var privileged: [String] = []
