@@ -42,11 +42,14 @@ public enum LibraryResolver {
     }
 
     /// How well file name `file` matches library name `name`: lower is better, nil is no
-    /// match. "libc" matches "libc.so.6"; "libgtk" matches "libgtk-3.so.0".
+    /// match. "libc" matches "libc.so.6"; "libgtk" matches "libgtk-3.so.0"; a SONAME
+    /// matches the file its link names ("libz.so.1", "libz.so.1.2.13": a process's maps
+    /// show the file, not the link).
     static func rank(of file: String, for name: String) -> Int? {
         if file == name { return 0 }
         if file == name + ".so" { return 1 }
         if file.hasPrefix(name + ".so.") { return 2 }
+        if name.contains(".so."), file.hasPrefix(name + ".") { return 2 }
         if file.hasPrefix(name + "-") && file.contains(".so") { return 3 }
         return nil
     }

@@ -13,6 +13,8 @@ final class LibraryResolverTests: XCTestCase {
         XCTAssertEqual(LibraryResolver.rank(of: "libc.so", for: "libc"), 1)
         XCTAssertEqual(LibraryResolver.rank(of: "libc.so.6", for: "libc"), 2)
         XCTAssertEqual(LibraryResolver.rank(of: "libgtk-3.so.0", for: "libgtk"), 3)
+        XCTAssertEqual(LibraryResolver.rank(of: "libz.so.1.2.13", for: "libz.so.1"), 2, "a SONAME, the file its link names")
+        XCTAssertNil(LibraryResolver.rank(of: "libz.so.12", for: "libz.so.1"))
         XCTAssertNil(LibraryResolver.rank(of: "libcrypt.so.1", for: "libc"))
         XCTAssertNil(LibraryResolver.rank(of: "libc-notes.txt", for: "libc"))
     }
