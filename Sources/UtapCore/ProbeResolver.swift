@@ -103,7 +103,7 @@ public struct ProbeResolver {
             }
         }
         guard !left.isEmpty else { return kept }
-        let shown = left.prefix(3).joined(separator: ", ") + (left.count > 3 ? ", …" : "")
+        let shown = Self.firstFew(left)
         guard !kept.isEmpty else {
             throw .usage("probe '\(spec.name)': no function matching '\(pattern)' can be probed: \(shown)",
                          hint: "probe another instruction of one of them, e.g. NAME+OFFSET from 'utap list -v'")
@@ -111,6 +111,11 @@ public struct ProbeResolver {
         warnings.append("probe '\(spec.name)': \(left.count) of the functions matching '\(pattern)' cannot be probed, "
                         + "left out: \(shown)")
         return kept
+    }
+
+    /// The first three of `names` for a message, `…` marking more.
+    static func firstFew(_ names: [String]) -> String {
+        names.prefix(3).joined(separator: ", ") + (names.count > 3 ? ", …" : "")
     }
 
     /// The file a probe's TARGET names, as a path the tracer can open.

@@ -27,7 +27,7 @@ extension ProbeResolver {
             }
         }
         guard !skipped.isEmpty else { return placed }
-        let shown = skipped.prefix(3).joined(separator: ", ") + (skipped.count > 3 ? ", …" : "")
+        let shown = Self.firstFew(skipped)
         let never = "(it never returns, or only by tail calls)"
         guard case .glob(let pattern) = spec.location else {
             throw .usage("probe '\(spec.name)': \(shown) has no ret instruction \(never)", hint: "use --return-mode hijack")

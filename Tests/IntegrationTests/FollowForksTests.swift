@@ -39,10 +39,7 @@ final class FollowForksTests: XCTestCase {
     /// both returns are seen, each with the latency of the parent's call, on both backends
     /// (bpf gave the child's none).
     func testForkReturnsInBothProcessesWithItsLatency() throws {
-        let dir = NSTemporaryDirectory() + "utap-fork-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try """
+        let program = try Harness.compile("""
             #include <unistd.h>
             #include <sys/wait.h>
             int main(void) {
@@ -51,12 +48,10 @@ final class FollowForksTests: XCTestCase {
                 waitpid(child, 0, 0);
                 return 0;
             }
-            """.write(toFile: dir + "/forks.c", atomically: true, encoding: .utf8)
-        let cc = try Harness.run("/usr/bin/cc", ["-O2", "-o", dir + "/forks", dir + "/forks.c"])
-        XCTAssertEqual(cc.status, 0, cc.stderr)
+            """, named: "forks", for: self)
         try Harness.eachBackend { backend in
             let r = try Harness.utap(["trace", "--format", "json", "--follow-forks", "libc:fork%return r=ret:s32",
-                                      "--", dir + "/forks"])
+                                      "--", program])
             XCTAssertEqual(r.status, 0, r.stderr)
             let returns = r.events("libc:fork%return")
             // The child's return is 0, in the child; the parent's is the child's pid.

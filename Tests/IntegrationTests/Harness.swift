@@ -79,6 +79,19 @@ enum Harness {
         }
     }
 
+    /// `source` (C) built with cc and `flags` in a directory removed when `test` ends: a
+    /// program made for one test. Returns its path.
+    static func compile(_ source: String, named name: String, flags: [String] = ["-O2"],
+                        for test: XCTestCase, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let dir = NSTemporaryDirectory() + "utap-\(name)-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        test.addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        try source.write(toFile: dir + "/\(name).c", atomically: true, encoding: .utf8)
+        let cc = try run("/usr/bin/cc", flags + ["-o", dir + "/" + name, dir + "/\(name).c"])
+        XCTAssertEqual(cc.status, 0, cc.stderr, file: file, line: line)
+        return dir + "/" + name
+    }
+
     /// Runs a program to completion, feeding `input` on stdin, killing it after `timeout`.
     static func run(_ executable: String, _ arguments: [String], input: String = "",
                     environment: [String: String] = [:], timeout: TimeInterval = 60) throws -> Result {

@@ -63,33 +63,28 @@ final class PtraceTests: XCTestCase {
     /// Recursion deeper than the 64 pending returns a thread keeps: both backends see the
     /// innermost 64 returns and count the other 37 as lost.
     func testReturnsBeyondTheDepthLimitAreCountedLost() throws {
-        let dir = NSTemporaryDirectory() + "utap-deep-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try "#include <stdio.h>\n__attribute__((noinline)) long down(long n) { return n == 0 ? 0 : 1 + down(n - 1); }\nint main(void) { printf(\"%ld\\n\", down(100)); return 0; }\n"
-            .write(toFile: dir + "/deep.c", atomically: true, encoding: .utf8)
-        let cc = try Harness.run("/usr/bin/cc", ["-O1", "-fno-optimize-sibling-calls", "-o", dir + "/deep", dir + "/deep.c"])
-        XCTAssertEqual(cc.status, 0, cc.stderr)
+        let deep = try Harness.compile("#include <stdio.h>\n__attribute__((noinline)) long down(long n) { return n == 0 ? 0 : 1 + down(n - 1); }\nint main(void) { printf(\"%ld\\n\", down(100)); return 0; }\n",
+                                       named: "deep", flags: ["-O1", "-fno-optimize-sibling-calls"], for: self)
         try Harness.eachBackend { backend in
-            let r = try Harness.utap(["trace", "--format", "json", "\(dir)/deep:down%return ret", "--", dir + "/deep"])
+            let r = try Harness.utap(["trace", "--format", "json", "\(deep):down%return ret", "--", deep])
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(r.events.count, 64, backend)
             XCTAssertEqual(r.summary?["lost"] as? Int, 37, backend)
             XCTAssertTrue(r.stdout.split(separator: "\n").contains("100"), "the program's own line: \(r.stdout)")
 
             // count follows the same returns, and says what it missed (bpf said nothing).
-            let count = try Harness.utap(["count", "--return-mode", "hijack", "\(dir)/deep:down%return", "--", dir + "/deep"])
+            let count = try Harness.utap(["count", "--return-mode", "hijack", "\(deep):down%return", "--", deep])
             XCTAssertTrue(count.stdout.contains("down%return  64\n"), "\(backend): \(count.stdout)")
             XCTAssertTrue(count.stderr.contains("utap: warning: 37 hits could not be counted (a thread had 64 calls pending"), count.stderr)
 
             // On ret sites every return is seen: 101 events, none lost, 64 with a latency;
             // a latency histogram loses the 37 it cannot time.
-            let sites = try Harness.utap(["trace", "--format", "json", "--return-mode", "sites", "\(dir)/deep:down%return ret",
-                                          "--", dir + "/deep"])
+            let sites = try Harness.utap(["trace", "--format", "json", "--return-mode", "sites", "\(deep):down%return ret",
+                                          "--", deep])
             XCTAssertEqual(sites.events.count, 101, backend)
             XCTAssertEqual(sites.summary?["lost"] as? Int, 0, backend)
             XCTAssertEqual(sites.events.filter { $0["latency_ns"] != nil }.count, 64, backend)
-            let latency = try Harness.utap(["latency", "--return-mode", "sites", "\(dir)/deep:down", "--", dir + "/deep"])
+            let latency = try Harness.utap(["latency", "--return-mode", "sites", "\(deep):down", "--", deep])
             XCTAssertTrue(latency.stdout.contains("count=64 "), "\(backend): \(latency.stdout)")
             XCTAssertTrue(latency.stderr.contains("utap: warning: 37 calls could not be timed"), latency.stderr)
         }

@@ -145,18 +145,13 @@ final class TraceTests: XCTestCase {
     /// command this short is gone before utap reads its records: bpf then reads them from
     /// the file they are mapped from (they printed null before).
     func testStringsOfAShortCommandOnUntouchedPages() throws {
-        let dir = NSTemporaryDirectory() + "utap-untouched-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try """
+        let program = try Harness.compile("""
             __attribute__((noipa)) int take(const char *s, int n) { return n; }
             int main(void) { take("plain", 1); take("two words", 2); take("", 3); return 0; }
-            """.write(toFile: dir + "/short.c", atomically: true, encoding: .utf8)
-        let cc = try Harness.run("/usr/bin/cc", ["-O2", "-o", dir + "/short", dir + "/short.c"])
-        XCTAssertEqual(cc.status, 0, cc.stderr)
+            """, named: "short", for: self)
         try Harness.eachBackend { backend in
             let r = try Harness.utap(["trace", "--format", "json", "take s=arg0:str n=arg1:s32", "take t=arg0:str[4]",
-                                      "--", dir + "/short"])
+                                      "--", program])
             XCTAssertEqual(r.status, 0, r.stderr)
             // Both probes are named `take`: told apart by their fields.
             let full = r.events("take").filter { $0.field("n") != nil }, cut = r.events("take").filter { $0.field("n") == nil }
