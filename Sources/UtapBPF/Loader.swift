@@ -290,13 +290,15 @@ final class BPFSession: TraceSession {
             let probe = plan.probes[attachment.probe]
             let address = probe.address &+ (attachment.fileOffset &- probe.fileOffset)
             let place = "0x\(String(address, radix: 16))\(probe.function.map { " in \($0)" } ?? "")"
-            if InstructionDecoder.isVectorEncoded(at: 0, in: code) {
+            switch InstructionAnalysis.uprobeProblem(code, at: address) {
+            case .vector:
                 throw .runtime("probe '\(probe.name)': the kernel's uprobes mishandle the vector (AVX) instruction at \(place)",
                                hint: "probe another instruction of the function, or use --backend ptrace")
-            }
-            if case .refuse(let reason) = InstructionAnalysis.plan(code, at: address, stub: address) {
+            case .refused(let reason):
                 throw .runtime("probe '\(probe.name)': the kernel's uprobes refuse the instruction at \(place) (\(reason))",
                                hint: "probe another instruction of the function")
+            case nil:
+                continue
             }
         }
     }

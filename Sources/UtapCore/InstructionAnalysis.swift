@@ -49,9 +49,25 @@ public enum InstructionPlan: Equatable, Sendable {
     case refuse(String)
 }
 
+/// Why a probe site cannot be trusted to a uprobe (see `InstructionAnalysis.uprobeProblem`).
+public enum SiteProblem: Equatable, Sendable {
+    /// VEX, EVEX or XOP: the kernel's uprobes mishandle it; ptrace steps it.
+    case vector
+    /// Refused by both backends, for this reason (a lock prefix, a system instruction).
+    case refused(String)
+}
+
 /// Classifies the instruction a breakpoint displaces (ptrace-xol.md §2), decoding the
 /// file's bytes with Zydis. Pure: no process is touched.
 public enum InstructionAnalysis {
+    /// What keeps the kernel's uprobes from the instruction `code` starts with, at ELF
+    /// address `address`: the one check of the bpf backend, of globs and of `list -v`.
+    public static func uprobeProblem(_ code: [UInt8], at address: UInt64) -> SiteProblem? {
+        if InstructionDecoder.isVectorEncoded(at: 0, in: code) { return .vector }
+        if case .refuse(let reason) = plan(code, at: address, stub: address) { return .refused(reason) }
+        return nil
+    }
+
     /// `code` starts at the instruction (at least its length), found at ELF address
     /// `address`; `stub` is where its out-of-line copy would run.
     public static func plan(_ code: [UInt8], at address: UInt64, stub: UInt64) -> InstructionPlan {

@@ -84,17 +84,12 @@ public struct ProbeResolver {
                                                 pattern: String, image: ELFImage) throws(UtapError) -> [ResolvedProbe] {
         var kept: [ResolvedProbe] = [], left = unresolved
         for probe in probes {
+            // Near the end of its segment the bytes cannot be read here: the backend checks.
             let reason: String?
-            if let code = image.bytes(atVirtualAddress: probe.address, count: 16) {
-                if InstructionDecoder.isVectorEncoded(at: 0, in: code) {
-                    reason = "a vector instruction"
-                } else if case .refuse(let why) = InstructionAnalysis.plan(code, at: probe.address, stub: probe.address) {
-                    reason = why
-                } else {
-                    reason = nil
-                }
-            } else {
-                reason = nil  // near the end of its segment: the backend checks it
+            switch image.bytes(atVirtualAddress: probe.address, count: 16).flatMap({ InstructionAnalysis.uprobeProblem($0, at: probe.address) }) {
+            case .vector: reason = "a vector instruction"
+            case .refused(let why): reason = why
+            case nil: reason = nil
             }
             if let reason {
                 left.append("\(probe.function ?? probe.name) (\(reason))")

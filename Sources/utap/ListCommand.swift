@@ -104,10 +104,9 @@ private func entryText(_ symbol: ELFSymbol, in image: ELFImage) -> String {
     guard !symbol.isIFunc, symbol.size > 0,
           let code = image.bytes(atVirtualAddress: symbol.address, count: Int(clamping: symbol.size)) else { return "-" }
     let entry = InstructionDecoder.entryPlacement(in: code)
-    if InstructionDecoder.isVectorEncoded(at: entry.offset, in: code) { return "+\(entry.offset) vector" }
-    let site = symbol.address + UInt64(entry.offset)
-    if case .refuse = InstructionAnalysis.plan(Array(code[entry.offset...].prefix(16)), at: site, stub: site) {
-        return "+\(entry.offset) refused"
+    switch InstructionAnalysis.uprobeProblem(Array(code[entry.offset...].prefix(16)), at: symbol.address + UInt64(entry.offset)) {
+    case .vector: return "+\(entry.offset) vector"
+    case .refused: return "+\(entry.offset) refused"
+    case nil: return "+\(entry.offset) \(entry.emulated ? "emulated" : "stepped")"
     }
-    return "+\(entry.offset) \(entry.emulated ? "emulated" : "stepped")"
 }
