@@ -335,19 +335,173 @@ static __always_inline void fill_header(struct utap_event *e, const struct utap_
 }
 
 /*
- * A record of integer fields only (UTAP_PROBE_INTEGERS), reserved in the ring and written
- * there: no copy through the scratch buffer. The verifier needs a constant size, so the
- * size is rounded up to 2, 4 or 6 fields; the reader takes the count from the probe.
+ * Integer records are batched: written into this CPU's stage and sent to the ring as one
+ * record once it is nearly full, or when the reader asks (utap_flush).
+ * A ring reservation and commit per event cost more than writing the event (bench: 1.19x
+ * the counter floor per event against 1.09x batched). Writers keep preemption off while
+ * they hold the stage, so no other thread's run can find it held mid-write and overtake
+ * its events; `users` keeps the flush out when its interrupt lands mid-write.
+ */
+struct stage {
+    __u64 users;
+    __u32 used;
+    __u32 reserved;
+    /* Room past UTAP_STAGE_BYTES for one whole event at any masked offset. */
+    __u8 buf[UTAP_STAGE_BYTES + sizeof(struct utap_event)];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct stage);
+} stages SEC(".maps");
+
+/*
+ * The time of the oldest event in each CPU's stage (0: empty), one cache line per CPU,
+ * mapped by the reader: it reads no ring past that time, and asks a CPU to flush only
+ * when its stage has waited a while. Sized by the loader (possible CPUs).
+ */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct utap_staged_flag);
+} staged SEC(".maps");
+
+/* Kernel 6.10 and later (the loader turns staging on only where they exist). */
+extern void bpf_preempt_disable(void) __ksym __weak;
+extern void bpf_preempt_enable(void) __ksym __weak;
+
+/* Claims `*users` for this run; false when someone else holds it. Atomic adds (no fetch
+ * needed): of two claims at once, at most the first proceeds. */
+static __always_inline int claim(__u64 *users)
+{
+    __sync_fetch_and_add(users, 1);
+    if (*(volatile __u64 *)users != 1) {
+        __sync_fetch_and_add(users, -1);
+        return 0;
+    }
+    return 1;
+}
+
+static __always_inline void release(__u64 *users)
+{
+    __sync_fetch_and_add(users, -1);
+}
+
+static __always_inline void mark_staged(__u64 oldest)
+{
+    __u32 cpu = bpf_get_smp_processor_id();
+    struct utap_staged_flag *flag = bpf_map_lookup_elem(&staged, &cpu);
+    if (flag)
+        *(volatile __u64 *)&flag->oldest_ns = oldest;
+}
+
+/* Sends the staged events (the stage is claimed) as one record; each is counted lost
+ * when the ring is full. */
+static __always_inline void send_stage(struct stage *st)
+{
+    /* 64 bits, and the empty asm, keep the compiler from sizing the output by another copy
+     * (a zero-extended one) the verifier sees unbounded. */
+    __u64 used = st->used;
+    if (used == 0)
+        return;
+    if (used > UTAP_STAGE_BYTES)
+        used = UTAP_STAGE_BYTES;
+    asm volatile("" : "+r"(used));
+    void *ring = this_cpu_ring();
+    if (!ring || bpf_ringbuf_output(ring, st->buf, used, wake_flag(ring))) {
+        __u32 off = 0;
+        for (int i = 0; i < UTAP_STAGE_BYTES / UTAP_EVENT_HEADER_SIZE; i++) {
+            if (off + UTAP_EVENT_HEADER_SIZE > used)
+                break;
+            struct utap_event *e = (struct utap_event *)&st->buf[off & (UTAP_STAGE_BYTES - 1)];
+            count_lost(e->probe);
+            if (e->size < UTAP_EVENT_HEADER_SIZE)
+                break;
+            off += e->size;
+        }
+    }
+    st->used = 0;
+    mark_staged(0);
+}
+
+/* Sends this CPU's stage ahead of a record written to the ring directly, so the ring
+ * holds this CPU's events in the order they were made. */
+static __always_inline void send_stage_first(void)
+{
+    __u32 zero = 0;
+    struct stage *st = settings.staging ? bpf_map_lookup_elem(&stages, &zero) : 0;
+    if (!st)
+        return;
+    bpf_preempt_disable();
+    if (st->used && claim(&st->users)) {
+        send_stage(st);
+        release(&st->users);
+    }
+    bpf_preempt_enable();
+}
+
+static __always_inline void fill_integers(struct utap_event *e, struct pt_regs *ctx,
+                                          const struct utap_probe_config *cfg, __u32 nfields,
+                                          __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
+{
+    __u64 regs[8];
+    load_sources(ctx, regs);
+    fill_header(e, cfg, now, latency, flags, pid_tgid);
+    for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
+        if (i >= nfields)
+            break;
+        const struct utap_field_config *f = &cfg->fields[i];
+        e->values[i] = f->location == UTAP_LOC_CONSTANT ? (__u64)f->value : regs[f->source & 7];
+    }
+    e->size = UTAP_EVENT_HEADER_SIZE + 8 * (nfields < UTAP_MAX_FIELDS ? nfields : UTAP_MAX_FIELDS);
+}
+
+/* Stages the event; false when the stage is held (never expected, see struct stage). */
+static __always_inline int stage_integers(struct stage *st, struct pt_regs *ctx,
+                                          const struct utap_probe_config *cfg, __u32 nfields,
+                                          __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
+{
+    if (!claim(&st->users))
+        return 0;
+    __u32 used = st->used & (UTAP_STAGE_BYTES - 1);
+    struct utap_event *e = (struct utap_event *)&st->buf[used];
+    fill_integers(e, ctx, cfg, nfields, now, latency, flags, pid_tgid);
+    st->used = used + e->size;
+    if (used == 0)
+        mark_staged(now);
+    if (st->used > UTAP_STAGE_BYTES - sizeof(struct utap_event))
+        send_stage(st);
+    release(&st->users);
+    return 1;
+}
+
+/*
+ * A record of integer fields only (UTAP_PROBE_INTEGERS): into the stage, or reserved in
+ * the ring and written there. The verifier needs a constant reservation size, so it is
+ * rounded up to 2, 4 or 6 fields; the event's `size` is exact.
  */
 static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap_probe_config *cfg,
                                           __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
 {
+    __u32 nfields = cfg->nfields;
+    __u32 zero = 0;
+    struct stage *st = settings.staging ? bpf_map_lookup_elem(&stages, &zero) : 0;
+    if (st) {
+        bpf_preempt_disable();
+        int staged = stage_integers(st, ctx, cfg, nfields, now, latency, flags, pid_tgid);
+        bpf_preempt_enable();
+        if (staged)
+            return;
+    }
     void *ring = this_cpu_ring();
     if (!ring) {
         count_lost(cfg->probe);
         return;
     }
-    __u32 nfields = cfg->nfields;
     struct utap_event *e;
     if (nfields <= 2)
         e = bpf_ringbuf_reserve(ring, UTAP_EVENT_HEADER_SIZE + 2 * 8, 0);
@@ -359,16 +513,7 @@ static __always_inline void emit_integers(struct pt_regs *ctx, const struct utap
         count_lost(cfg->probe);
         return;
     }
-    __u64 regs[8];
-    load_sources(ctx, regs);
-    fill_header(e, cfg, now, latency, flags, pid_tgid);
-    for (int i = 0; i < UTAP_MAX_FIELDS; i++) {
-        if (i >= nfields)
-            break;
-        const struct utap_field_config *f = &cfg->fields[i];
-        e->values[i] = f->location == UTAP_LOC_CONSTANT ? (__u64)f->value : regs[f->source & 7];
-    }
-    e->size = UTAP_EVENT_HEADER_SIZE + 8 * (nfields < UTAP_MAX_FIELDS ? nfields : UTAP_MAX_FIELDS);
+    fill_integers(e, ctx, cfg, nfields, now, latency, flags, pid_tgid);
     bpf_ringbuf_submit(e, wake_flag(ring));
 }
 
@@ -452,19 +597,17 @@ static __always_inline void emit(struct pt_regs *ctx, const struct utap_probe_co
         emit_integers(ctx, cfg, now, latency, flags, pid_tgid);
         return;
     }
+    send_stage_first();
     __u32 zero = 0;
     struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
     if (!s)
         return;
-    /* Atomic adds (no fetch needed): of two claims at once, at most the first proceeds. */
-    __sync_fetch_and_add(&s->users, 1);
-    if (*(volatile __u64 *)&s->users != 1) {
-        __sync_fetch_and_add(&s->users, -1);
+    if (!claim(&s->users)) {
         count_lost(cfg->probe);
         return;
     }
     build_and_send(ctx, cfg, s, now, latency, flags, pid_tgid);
-    __sync_fetch_and_add(&s->users, -1);
+    release(&s->users);
 }
 
 static __always_inline struct pending_calls *pending_for(__u32 tid, int create)
@@ -771,3 +914,23 @@ int utap_entry_multi(struct pt_regs *ctx) { return on_entry(ctx); }
 
 SEC("uretprobe")
 int utap_return_multi(struct pt_regs *ctx) { return on_return(ctx); }
+
+/*
+ * Run by the reader on a CPU (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU: an interrupt
+ * there, or its own task with preemption off) whose stage has waited too long: sends what
+ * the CPU has staged. Returns 1 when a writer it interrupted holds the stage: the reader
+ * asks again.
+ */
+SEC("raw_tp")
+int utap_flush(void *ctx)
+{
+    __u32 zero = 0;
+    struct stage *st = bpf_map_lookup_elem(&stages, &zero);
+    if (!st)
+        return 0;
+    if (!claim(&st->users))
+        return 1;
+    send_stage(st);
+    release(&st->users);
+    return 0;
+}

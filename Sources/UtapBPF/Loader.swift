@@ -31,6 +31,9 @@ final class BPFSession: TraceSession {
     private let ringCPUs = BPFSession.onlineCPUs()
     private var ringBytes: Int { RingSet.ringBytes(totalBytes: plan.bufferBytes, rings: ringCPUs.count) }
     private let decoder: RecordDecoder
+    /// Integer records are staged per CPU and sent to the rings in batches (StageFlusher).
+    private let staging = StageFlusher.enabled
+    private var flusher: StageFlusher?
     /// The event each record is decoded into, reused so that a record allocates nothing.
     private let scratch: UnsafeMutablePointer<Event>
 
@@ -75,6 +78,7 @@ final class BPFSession: TraceSession {
         try setMaxEntries("counts", count)
         try setMaxEntries("hists", count)
         try setMaxEntries("events", UInt32(max(cpuCount, (ringCPUs.max() ?? 0) + 1)))
+        try setMaxEntries("staged", UInt32(cpuCount))
         try createRings()
         // The first ring is the template of the map's values (its type and size).
         if bpf_map__set_inner_map_fd(map("events"), ringFDs[0]) != 0 {
@@ -93,6 +97,7 @@ final class BPFSession: TraceSession {
         for name in ["utap_fork", "utap_exit"] {
             bpf_program__set_autoload(bpf_object__find_program_by_name(obj, name), watchesForks)
         }
+        bpf_program__set_autoload(bpf_object__find_program_by_name(obj, "utap_flush"), staging)
         for name in ["utap_entry", "utap_return", "utap_entry_multi", "utap_return_multi"] {
             let prog = bpf_object__find_program_by_name(obj, name)
             let multi = name.hasSuffix("_multi")
@@ -107,6 +112,10 @@ final class BPFSession: TraceSession {
         }
         try writeFilter()
         try installRings()
+        if staging {
+            flusher = try StageFlusher(program: bpf_program__fd(bpf_object__find_program_by_name(obj, "utap_flush")),
+                                       stagedMap: bpf_map__fd(map("staged")), cpus: cpuCount)
+        }
         let probesFD = bpf_map__fd(map("probes"))
         for (cookie, attachment) in attachments.enumerated() {
             var key = UInt32(cookie)
@@ -160,6 +169,7 @@ final class BPFSession: TraceSession {
         var settings = utap_settings()
         settings.tracer_tgid = UInt32(bitPattern: getpid())
         settings.wake_bytes = UInt64(ringBytes / 4)
+        settings.staging = staging ? 1 : 0
         // `settings` is the only read-only global, at offset 0.
         UnsafeMutableRawPointer(mutating: data).storeBytes(of: settings, as: utap_settings.self)
     }
@@ -380,7 +390,10 @@ final class BPFSession: TraceSession {
         // wake-up or the timeout, then read what was recorded until now.
         rings.wait(timeoutMs: timeoutMs)
         var failure: Error?
-        let delivered = rings.read(before: monotonicNow(), limit: Self.maxBatch) { record in
+        let now = monotonicNow()
+        // Once the probes are gone, every stage is sent: nothing more will fill them.
+        let watermark = flusher?.watermark(now: now, all: probesRemoved) ?? now
+        let delivered = rings.read(before: watermark, limit: Self.maxBatch) { record in
             if let integers = decoder.integerEvent(record) {
                 do {
                     try deliverIntegers(integers)
@@ -406,6 +419,7 @@ final class BPFSession: TraceSession {
 
     func discardPending() -> [UInt64] {
         var discarded = [UInt64](repeating: 0, count: plan.probes.count)
+        _ = flusher?.watermark(now: .max, all: true)
         // The probes are gone: what is left is finite, and all of it is complete.
         _ = rings?.read(before: .max, limit: .max) { record in
             let probe = Int(RecordDecoder.probeIndex(record))
@@ -495,14 +509,18 @@ final class BPFSession: TraceSession {
         }
     }
 
+    private var probesRemoved = false
+
     func removeProbes() {
         LinkTeardown.destroy(links)
         links = []
+        probesRemoved = true
     }
 
     func detach() {
         removeProbes()
         rings = nil
+        flusher = nil
         for fd in ringFDs { close(fd) }
         ringFDs = []
         if let object {

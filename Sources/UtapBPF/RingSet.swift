@@ -1,5 +1,6 @@
 import CUtapSys
 import Glibc
+import UtapABI
 import UtapCore
 
 /// The session's BPF ring buffers, one per CPU, read as one stream.
@@ -21,7 +22,9 @@ import UtapCore
 /// position (ours to write), a page holding the producer position, then the data, mapped
 /// twice in a row so a record that wraps reads as one piece. Each record starts with an
 /// 8-byte header (length with busy and discard bits, page offset) and takes a multiple of
-/// 8 bytes.
+/// 8 bytes. A record holds one or more events (utap_abi.h: a CPU's staged events go in
+/// as one record); each is handed over on its own, and the record is consumed after its
+/// last one.
 final class RingSet {
     struct Ring {
         let consumerPosition: UnsafeMutableRawPointer
@@ -33,13 +36,17 @@ final class RingSet {
         var published: UInt64
         /// The producer position read at the start of this read.
         var limit: UInt64 = 0
-        /// The head record and its timestamp, once loaded; nil when the ring has nothing
+        /// Where the next event starts in the record at `consumed`.
+        var offsetInRecord = 0
+        /// The head event and its timestamp, once loaded; nil when the ring has nothing
         /// more to hand over in this read.
         var head: UnsafeRawBufferPointer?
         /// The next record before `limit` is still being written.
         var blocked = false
         var headTimestamp: UInt64 = 0
-        var headBytes: UInt64 = 0
+        /// The head's record: its size and the ring bytes it takes.
+        var recordSize = 0
+        var recordBytes: UInt64 = 0
 
         /// A ring laid out at these addresses; `size` is the data size, a power of two.
         init(consumerPosition: UnsafeMutableRawPointer, producerPosition: UnsafeRawPointer,
@@ -56,6 +63,9 @@ final class RingSet {
     static let busyBit: UInt32 = 1 << 31
     static let discardBit: UInt32 = 1 << 30
     static let headerBytes: UInt64 = 8
+    /// struct utap_event: its header's size, and where it keeps its own size.
+    static let eventHeaderBytes = Int(UTAP_EVENT_HEADER_SIZE)
+    static let eventSizeOffset = MemoryLayout<utap_event>.offset(of: \utap_event.size)!
     /// Records handed over before the consumer position is published: the producer reads
     /// it on every reserve, so writing it per record moves its cache line per record.
     static let publishEvery = 64
@@ -184,7 +194,7 @@ final class RingSet {
             }
             guard !blocked, let oldest, oldestTimestamp < watermark else { break }
             let record = oldest.pointee.head!
-            oldest.pointee.consumed &+= oldest.pointee.headBytes
+            Self.advance(oldest)
             handed += 1
             sincePublish += 1
             if sincePublish == Self.publishEvery {
@@ -198,8 +208,8 @@ final class RingSet {
         return handed
     }
 
-    /// The ring's next complete record before its limit into `head`, skipping discarded
-    /// ones; nil when there is none or the next one is still being written.
+    /// The ring's next event before its limit into `head`, skipping discarded records; nil
+    /// when there is none or the next record is still being written.
     @inline(__always)
     private static func loadHead(_ ring: UnsafeMutablePointer<Ring>) {
         ring.pointee.head = nil
@@ -211,18 +221,41 @@ final class RingSet {
                 ring.pointee.blocked = true
                 return
             }
-            let size = length & ~(busyBit | discardBit)
+            let size = Int(length & ~(busyBit | discardBit))
             let bytes = (UInt64(size) + headerBytes + 7) & ~7
             if length & discardBit != 0 {
                 ring.pointee.consumed &+= bytes
                 continue
             }
-            let record = UnsafeRawBufferPointer(start: header + Int(headerBytes), count: Int(size))
-            ring.pointee.head = record
-            ring.pointee.headBytes = bytes
-            // Every utap record starts with its timestamp (utap_abi.h, struct utap_event).
-            ring.pointee.headTimestamp = size >= 8 ? record.loadUnaligned(as: UInt64.self) : 0
+            // The event's own size (struct utap_event), or the rest of the record when it
+            // does not hold a plausible one.
+            let offset = ring.pointee.offsetInRecord
+            let start = header + Int(headerBytes) + offset
+            var count = size - offset
+            if count >= eventHeaderBytes {
+                let declared = Int(start.loadUnaligned(fromByteOffset: eventSizeOffset, as: UInt16.self))
+                if declared >= eventHeaderBytes && declared <= count { count = declared }
+            }
+            let event = UnsafeRawBufferPointer(start: start, count: count)
+            ring.pointee.head = event
+            ring.pointee.recordSize = size
+            ring.pointee.recordBytes = bytes
+            // Every utap event starts with its timestamp (utap_abi.h, struct utap_event).
+            ring.pointee.headTimestamp = count >= 8 ? event.loadUnaligned(as: UInt64.self) : 0
             return
+        }
+    }
+
+    /// Moves past the head event: to the next event of its record, or past the record when
+    /// what is left of it cannot hold one (padding).
+    @inline(__always)
+    private static func advance(_ ring: UnsafeMutablePointer<Ring>) {
+        let next = ring.pointee.offsetInRecord + ring.pointee.head!.count
+        if next + eventHeaderBytes <= ring.pointee.recordSize {
+            ring.pointee.offsetInRecord = next
+        } else {
+            ring.pointee.consumed &+= ring.pointee.recordBytes
+            ring.pointee.offsetInRecord = 0
         }
     }
 

@@ -45,6 +45,7 @@ struct Doctor: ParsableCommand {
             print("  \(check.ok ? "ok  " : "FAIL")  \(check.what)")
         }
         print("  --    attach path: \(path == .multiLink ? "uprobe multi-links (Linux 6.6+)" : "one perf event per probe")")
+        print("  --    integer events: " + (StageFlusher.kernelAllows ? "batched per CPU (Linux 6.10+; UTAP_BPF_STAGING=0 turns it off)" : "one ring record each (batches need Linux 6.10)"))
 
         let scope = (try? readTextFile("/proc/sys/kernel/yama/ptrace_scope"))?.trimmingTrailingWhitespace() ?? "absent"
         let ptraceChecks = [

@@ -161,6 +161,33 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// A thread's integer events wait in its CPU's stage on bpf, while an event with a
+    /// string goes to the ring directly; the stage goes first, so the stream keeps the
+    /// order of the calls.
+    func testIntegerAndStringEventsOfAThreadKeepTheirOrder() throws {
+        let program = try Harness.compile("""
+            #include <stdio.h>
+            __attribute__((noipa)) long num(long i) { return i; }
+            __attribute__((noipa)) long name(const char *s, long i) { return i; }
+            int main(void) {
+                char text[16];
+                for (long i = 0; i < 300; i++) {
+                    num(i);
+                    if (i % 7 == 0) { snprintf(text, sizeof text, "s%ld", i); name(text, i); }
+                }
+                return 0;
+            }
+            """, named: "mixed", for: self)
+        try Harness.eachBackend { backend in
+            let r = try Harness.utap(["trace", "--format", "json", "num i=arg0", "name s=arg0:str i=arg1", "--", program])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let seen = r.events.map { "\($0["probe"]!) \($0.int("i")!)" }
+            let expected = (0..<300).flatMap { i in ["num \(i)"] + (i % 7 == 0 ? ["name \(i)"] : []) }
+            XCTAssertTrue(seen == expected, "\(backend): \(seen.prefix(20))")
+            XCTAssertEqual(r.events("name").map { $0.field("s") as? String }, stride(from: 0, to: 300, by: 7).map { "s\($0)" })
+        }
+    }
+
     func testSharedLibraryByShortName() throws {
         try Harness.eachBackend { backend in
             let r = try trace(["libutaptest:lib_add a=arg0:s32 b=arg1:s32", "libutaptest:lib_greet s=arg0:str",
@@ -225,19 +252,23 @@ final class TraceTests: XCTestCase {
     }
 
     /// Each CPU has its own ring buffer: threads that hop between CPUs every 50 calls
-    /// spread their records over every ring, yet each thread's events come out in the
-    /// order it made them.
+    /// spread their records over every ring, and their events wait in each CPU's stage
+    /// (bpf/utap.bpf.c), yet each thread's events come out in the order it made them.
+    /// Also with staging off (`UTAP_BPF_STAGING=0`, as on kernels before 6.10).
     func testThreadsMovingBetweenCPUsKeepTheirOrder() throws {
         let calls = 20_000
-        let r = try trace(["hop t=arg0:s32 i=arg1"], "migrate", [String(calls)])
-        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        XCTAssertTrue(r.stdout.contains("total=\(2 * calls) cpus=\(min(cpus, 64))"), r.stdout)
-        let events = r.events("hop")
-        XCTAssertEqual(events.count, 2 * calls)
-        for t in 0..<2 {
-            XCTAssertEqual(events.filter { $0.int("t") == Int64(t) }.map { $0.int("i")! }, Array(0..<Int64(calls)), "thread \(t)")
+        for staging in ["1", "0"] {
+            let r = try trace(["hop t=arg0:s32 i=arg1"], "migrate", [String(calls)], environment: ["UTAP_BPF_STAGING": staging])
+            let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+            XCTAssertTrue(r.stdout.contains("total=\(2 * calls) cpus=\(min(cpus, 64))"), r.stdout)
+            let events = r.events("hop")
+            XCTAssertEqual(events.count, 2 * calls)
+            for t in 0..<2 {
+                let order = events.filter { $0.int("t") == Int64(t) }.map { $0.int("i")! }
+                XCTAssertTrue(order == Array(0..<Int64(calls)), "thread \(t), staging \(staging): \(order.count) events out of order")
+            }
+            XCTAssertEqual(r.summary?["lost"] as? Int, 0)
         }
-        XCTAssertEqual(r.summary?["lost"] as? Int, 0)
     }
 
     func testPidSeesEveryThreadOfARunningProcess() throws {

@@ -51,6 +51,25 @@ final class RingSetTests: XCTestCase {
             return position
         }
 
+        /// Reserves and writes one record holding `events` back to back, each a utap event
+        /// of `eventSize` bytes (timestamp, then tag, its size at offset 28), then
+        /// `padding` bytes, as the BPF side sends a CPU's staged events.
+        func writeBatch(_ events: [(timestamp: UInt64, tag: UInt64)], eventSize: Int = 56, padding: Int = 0) {
+            let position = reserved
+            let length = events.count * eventSize + padding
+            put(UInt32(length), at: position)
+            put(UInt32(0), at: position + 4)
+            for (i, event) in events.enumerated() {
+                let start = position + 8 + UInt64(i * eventSize)
+                for word in stride(from: 0, to: eventSize, by: 8) { put(UInt64(0), at: start + UInt64(word)) }
+                put(event.timestamp, at: start)
+                put(event.tag, at: start + 8)
+                put(UInt16(eventSize), at: start + 28)
+            }
+            reserved += (UInt64(length) + 8 + 7) & ~7
+            producer.storeBytes(of: reserved, as: UInt64.self)
+        }
+
         func complete(at position: UInt64) {
             put(UInt32(16), at: position)
         }
@@ -168,6 +187,53 @@ final class RingSetTests: XCTestCase {
         }
         XCTAssertEqual(stoppedAt, [3], "a record the body refuses is still consumed, and ends the read")
         XCTAssertEqual(tags(set), [4, 5, 6, 7])
+    }
+
+    /// Tags and sizes of the events a read hands over.
+    private func events(_ set: RingSet, limit: Int = .max) -> [(tag: UInt64, size: Int)] {
+        var seen: [(tag: UInt64, size: Int)] = []
+        _ = set.read(before: .max, limit: limit) { event in
+            seen.append((event.load(fromByteOffset: 8, as: UInt64.self), event.count))
+            return true
+        }
+        return seen
+    }
+
+    func testTheEventsOfOneRecordComeOutOneByOneMergedByTimestamp() {
+        let a = FakeRing(size: 1024), b = FakeRing(size: 1024)
+        a.writeBatch([(10, 1), (30, 3), (50, 5)])
+        b.write(timestamp: 20, tag: 2)
+        b.write(timestamp: 40, tag: 4)
+        let set = RingSet(rings: [a.ring, b.ring])
+        let seen = events(set)
+        XCTAssertEqual(seen.map(\.tag), [1, 2, 3, 4, 5])
+        XCTAssertEqual(seen.map(\.size), [56, 16, 56, 16, 56])
+        XCTAssertEqual(a.consumed, 8 + 3 * 56)
+    }
+
+    func testAReadEndingInsideARecordResumesAtItsNextEvent() {
+        let a = FakeRing(size: 1024)
+        a.writeBatch([(1, 1), (2, 2), (3, 3)])
+        a.writeBatch([(4, 4)])
+        let set = RingSet(rings: [a.ring])
+        XCTAssertEqual(events(set, limit: 2).map(\.tag), [1, 2])
+        XCTAssertEqual(a.consumed, 0, "a record is consumed once its last event is handed over")
+        XCTAssertEqual(events(set).map(\.tag), [3, 4])
+        XCTAssertEqual(a.consumed, 2 * 8 + 4 * 56)
+        XCTAssertEqual(events(set).map(\.tag), [])
+    }
+
+    /// A record reserved for more fields than its probe has (the BPF side rounds the size
+    /// up) ends in padding shorter than an event: not an event.
+    func testPaddingAfterTheLastEventIsSkipped() {
+        let a = FakeRing(size: 1024)
+        a.writeBatch([(1, 1)], padding: 8)
+        a.writeBatch([(2, 2), (3, 3)], padding: 40)
+        let set = RingSet(rings: [a.ring])
+        let seen = events(set)
+        XCTAssertEqual(seen.map(\.tag), [1, 2, 3])
+        XCTAssertEqual(seen.map(\.size), [56, 56, 56])
+        XCTAssertEqual(a.consumed, 8 + 64 + 8 + 152)
     }
 
     func testRingSizesArePowersOfTwoSharingTheTotal() {

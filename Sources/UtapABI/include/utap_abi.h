@@ -108,7 +108,7 @@ struct utap_string_origin {
 /* Settings fixed before load, in the object's read-only data (`settings`). */
 struct utap_settings {
     __u32 tracer_tgid;  /* utap's own process: its hits are ignored */
-    __u32 reserved;
+    __u32 staging;      /* 1: integer records are batched per CPU (struct stage, utap.bpf.c) */
     __u64 wake_bytes;   /* wake the reader once a ring holds this much (a quarter of it) */
 };
 
@@ -229,6 +229,21 @@ struct utap_event {
 };
 
 #define UTAP_EVENT_HEADER_SIZE 48 /* offsetof(struct utap_event, values) */
+
+/*
+ * A ring-buffer record holds one or more events back to back, each `size` bytes (a
+ * multiple of 8); fewer than UTAP_EVENT_HEADER_SIZE bytes left over are padding.
+ * Integer records are batched (settings.staging): up to UTAP_STAGE_BYTES of events of one
+ * CPU go into the ring as one record.
+ */
+#define UTAP_STAGE_BYTES 4096
+
+/* The `staged` map's value, one cache line per CPU: the timestamp of the oldest event
+ * in the CPU's stage, 0 when it is empty. */
+struct utap_staged_flag {
+    __u64 oldest_ns;
+    __u64 padding[7];
+};
 
 /*
  * A user stack (UTAP_EVENT_STACK) ends the record: N addresses (8 bytes each), then M
