@@ -107,6 +107,11 @@ public final class PtraceEngine {
     /// Called for each call of a probe on `ret` sites whose entry could not be kept (a
     /// full stack of marks): its return is seen, without a latency.
     public var onUntimed: (Int) -> Void = { _ in }
+    /// Called when a thread returned into the trampoline with no call pending there (the
+    /// thread id); the thread gets SIGILL, as with the kernel's uretprobes.
+    public var onUnmatchedReturn: (Int32) -> Void = { _ in }
+    /// Returns into the trampoline that matched no pending call.
+    public private(set) var unmatchedReturns = 0
     /// Called when a traced process starts another (fork, vfork, clone of a process).
     public var onProcessStarted: () -> Void = {}
     /// The root process's wait status, once the engine reaped its leader.
@@ -608,6 +613,11 @@ public final class PtraceEngine {
     // MARK: returns
 
     /// At a function's entry: the return address becomes the trampoline (ptrace-xol.md §1b).
+    ///
+    /// A thread may run on several stacks (ucontext coroutines, sigaltstack), and a
+    /// context saved by `swapcontext` holds a copy of a hijacked return address: a call
+    /// pending on another stack is alive whatever its slot's address, so calls are
+    /// dropped as abandoned (longjmp, exception) only on proof, never for lying below.
     private func hijackReturn(_ thread: TracedThread, probes: [Int], function: UInt64, _ regs: Registers,
                               _ now: UInt64) throws(UtapError) {
         let space = thread.space
@@ -617,12 +627,13 @@ public final class PtraceEngine {
         let chained = original == trampoline
         if chained {
             // A tail call from a hijacked function: both return through this slot.
-            thread.returns.removeAll { $0.slot < slot }
             guard let outer = thread.returns.last(where: { $0.slot == slot }) else { return }
             original = outer.original
         } else {
-            thread.returns.removeAll { $0.slot <= slot }  // frames a longjmp left
+            // The call just stored its return address here: no return is pending here any more.
+            thread.returns.removeAll { $0.slot == slot }
         }
+        if thread.returns.count >= Self.maxReturnDepth { dropAbandonedReturns(thread, trampoline: trampoline) }
         guard thread.returns.count < Self.maxReturnDepth else {
             probes.forEach(onLost)
             return
@@ -631,31 +642,54 @@ public final class PtraceEngine {
         thread.returns.append(PendingReturn(probes: probes, function: function, original: original, slot: slot, entryNs: now))
     }
 
+    /// With the return stack full: drops the calls whose slot no longer holds the
+    /// trampoline, which nothing can return through (frames a longjmp left, reused since).
+    /// A pending call's slot still holds it, on any stack. Memory is read only here, when
+    /// the next call would be lost, so the common hit reads nothing.
+    private func dropAbandonedReturns(_ thread: TracedThread, trampoline: UInt64) {
+        let space = thread.space
+        thread.returns.removeAll { (try? space.readWord($0.slot)) != trampoline }
+    }
+
     /// A thread returned into the trampoline: the return events, then on to the real
     /// return address.
     private func returned(_ thread: TracedThread, _ regs: inout Registers) throws(UtapError) {
         let now = monotonicNow()
         let slot = regs[.rsp] &- 8
-        thread.returns.removeAll { $0.slot < slot }
-        var original: UInt64?
-        while let last = thread.returns.last, last.slot == slot {
-            thread.returns.removeLast()
-            original = last.original
+        let pending = takeReturns(through: slot, for: thread)
+        for call in pending {
             hitCount += 1
             var at = regs
-            at[.rip] = last.original
-            for probe in last.probes where thread.emitsEvents {
-                onHit(Hit(pid: thread.pid, tid: thread.tid, probe: probe, kind: .return, address: last.function,
-                          registers: at, timestampNs: now, latencyNs: now &- last.entryNs))
+            at[.rip] = call.original
+            for probe in call.probes where thread.emitsEvents {
+                onHit(Hit(pid: thread.pid, tid: thread.tid, probe: probe, kind: .return, address: call.function,
+                          registers: at, timestampNs: now, latencyNs: now &- call.entryNs))
             }
         }
-        guard let original else {
-            release(thread, SIGILL)  // a jump to the trampoline no call put there
+        guard let original = pending.last?.original else {
+            // A jump to the trampoline no call put there: there is nowhere to return to.
+            unmatchedReturns += 1
+            onUnmatchedReturn(thread.tid)
+            release(thread, SIGILL)
             return
         }
         regs[.rip] = original
         try regs.set(thread.tid)
         release(thread)
+    }
+
+    /// The calls pending at `slot`, innermost first (a tail call chains several), taken
+    /// from the thread's returns; else from another thread's of the same memory: a
+    /// coroutine suspended in a call by one thread may be resumed by another.
+    private func takeReturns(through slot: UInt64, for thread: TracedThread) -> [PendingReturn] {
+        let owner = thread.returns.contains { $0.slot == slot } ? thread
+            : threads.values.first { $0.space === thread.space && $0.returns.contains { $0.slot == slot } }
+        guard let owner else { return [] }
+        var taken: [PendingReturn] = []
+        while let i = owner.returns.lastIndex(where: { $0.slot == slot }) {
+            taken.append(owner.returns.remove(at: i))
+        }
+        return taken
     }
 
     // MARK: processes

@@ -189,9 +189,13 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
                 events.forget(pid: space.pid)
                 try? placer.place(in: space, engine: live)
             }
-            placer.warn = { message in
+            let warn = { (message: String) in
                 let line = "utap: warning: \(message)\n"
                 _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+            }
+            placer.warn = warn
+            live.onUnmatchedReturn = { tid in
+                warn("thread \(tid) returned into the return-probe trampoline with no call pending there: it gets SIGILL")
             }
             if !plan.startsAtExec { try placer.place(in: process, engine: live, strict: true) }
             // Capabilities are per thread: this one keeps only what tracing on needs.

@@ -11,13 +11,14 @@ final class PtraceCorpusTests: XCTestCase {
 
     private static func program(_ name: String) -> String { Harness.target("ptrace/" + name) }
 
-    /// `utap count --format json --backend ptrace` of `program args`; the counts by probe
-    /// name. Asserts the program printed what it prints untraced and exited the same.
+    /// `utap count --format json --backend ptrace` of `program args` (`name`: of this
+    /// corpus, or a path); the counts by probe name. Asserts the program printed what it
+    /// prints untraced and exited the same.
     @discardableResult
     private func count(_ probes: [String], _ name: String, _ args: [String], options: [String] = [],
                        timeout: TimeInterval = 300,
                        file: StaticString = #filePath, line: UInt = #line) throws -> [String: Int] {
-        let program = Self.program(name)
+        let program = name.hasPrefix("/") ? name : Self.program(name)
         let plain = try Harness.run(program, args)
         let path = NSTemporaryDirectory() + "utap-corpus-\(getpid()).out"
         defer { unlink(path) }
@@ -135,6 +136,84 @@ final class PtraceCorpusTests: XCTestCase {
                        r.events("\(program):tail_b%return").map { $0.int("ret")! })
         XCTAssertEqual(r.events.map { $0["probe"] as! String }, Array(repeating: ["\(program):tail_b%return", "\(program):tail_a%return"], count: 4).flatMap { $0 },
                        "the inner function returns first")
+    }
+
+    /// Three ucontext coroutines, their stacks in one heap mapping, switch inside
+    /// hijacked calls four deep (`switch_to` tail-calls swapcontext, which saves the
+    /// trampoline as the return address): a call pending on another stack is kept
+    /// whatever its address, and returns when its context resumes, on another thread too.
+    /// A coroutine never resumed never returns from its last calls. (The kernel's
+    /// uretprobes pair returns by stack order: bpf breaks this program.)
+    func testCoroutinesSwitchingInsideHijackedCalls() throws {
+        let probes = ["switch_to", "switch_to%return", "descend", "descend%return"]
+        let hijack = ["--return-mode", "hijack"]
+        for mode in ["finish", "migrate"] {
+            XCTAssertEqual(try count(probes, "coroutines", ["10", mode], options: hijack),
+                           ["switch_to": 30, "switch_to%return": 30, "descend": 120, "descend%return": 120], mode)
+        }
+        XCTAssertEqual(try count(probes, "coroutines", ["10", "abandon"], options: hijack),
+                       ["switch_to": 30, "switch_to%return": 27, "descend": 120, "descend%return": 108])
+    }
+
+    /// 100 rounds of longjmp out of three hijacked frames, each round 256 bytes lower on
+    /// the stack, which is overwritten after each; then calls from below them all. No
+    /// later call is at or above a left frame's slot, the test that dropped them before:
+    /// the 300 left behind are dropped once the return stack fills (their slots no longer
+    /// hold the trampoline), and none of the returns after them is lost.
+    func testLongjmpsFromEverLowerFramesDoNotFillTheReturnStack() throws {
+        let program = try Harness.compile("""
+            #include <alloca.h>
+            #include <setjmp.h>
+            #include <stdio.h>
+            #include <string.h>
+            static jmp_buf back;
+            volatile long sink;
+            __attribute__((noipa)) void leave(int d) { sink = d; if (d == 0) longjmp(back, 1); leave(d - 1); sink = 0; }
+            __attribute__((noipa)) long leaf(long x) { sink = x; return x + 1; }
+            __attribute__((noipa)) void scrub(void) { char page[65536]; memset(page, 0, sizeof page); __asm__ volatile("" :: "r"(page) : "memory"); }
+            __attribute__((noipa)) void leave_at(int depth) {
+                volatile char *pad = alloca(depth);
+                pad[0] = 0;
+                if (!setjmp(back)) leave(2);
+            }
+            __attribute__((noipa)) long leaves_below(int depth) {
+                volatile char *pad = alloca(depth);
+                pad[0] = 0;
+                long sum = 0;
+                for (int i = 0; i < 10; i++) sum += leaf(i);
+                return sum;
+            }
+            int main(void) {
+                for (int r = 0; r < 100; r++) { leave_at(256 * r + 16); scrub(); }
+                printf("sum=%ld\\n", leaves_below(256 * 100 + 4096));
+                return 0;
+            }
+            """, named: "longjmps", for: self)
+        XCTAssertEqual(try count(["leave", "leave%return", "leaf%return"], program, [], options: ["--return-mode", "hijack"]),
+                       ["leave": 300, "leave%return": 0, "leaf%return": 10], "none lost")
+    }
+
+    /// A program that calls its hijacked return address (the trampoline) has no call to
+    /// return to: it gets SIGILL, as under the kernel's uretprobes, and utap says why.
+    func testAJumpIntoTheTrampolineIsNamed() throws {
+        let program = try Harness.compile("""
+            #include <stdio.h>
+            extern char __executable_start[], etext[];
+            __attribute__((noipa)) void *return_address(void) { return __builtin_return_address(0); }
+            int main(void) {
+                char *to = return_address();
+                printf("outside the text: %d\\n", to < __executable_start || to >= etext);
+                fflush(stdout);
+                if (to < __executable_start || to >= etext) ((void (*)(void))to)();
+                return 0;
+            }
+            """, named: "trampoline", for: self)
+        let r = try Harness.utap(["count", "--backend", "ptrace", "--return-mode", "hijack",
+                                  "\(program):return_address%return", "--", program])
+        XCTAssertEqual(r.status, 128 + SIGILL, r.stderr)
+        XCTAssertTrue(r.stdout.hasPrefix("outside the text: 1\n"), r.stdout)
+        XCTAssertTrue(r.stderr.contains(" returned into the return-probe trampoline with no call pending there: it gets SIGILL\n"),
+                      r.stderr)
     }
 
     /// utap stops (--max-events 1: right after the entry) while the thread is blocked in

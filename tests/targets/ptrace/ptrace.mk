@@ -23,7 +23,7 @@ PTRACE_FLAGS_loop     := -O2 -g -pthread -fcf-protection=full
 PTRACE_FLAGS_default  := -O2 -g -pthread
 PTRACE_LIBS_dlhost    := -ldl
 
-PTRACE_SIMPLE := signals forkexec returns dlhost
+PTRACE_SIMPLE := signals forkexec returns dlhost coroutines
 
 PTRACE_BINS := \
 	$(PTRACE_OUT)/zoo \
