@@ -55,6 +55,9 @@ public final class ELFImage: Sendable {
     public let segments: [LoadSegment]
     /// `DT_NEEDED` entries in file order.
     public let needed: [String]
+    /// Functions the file calls from other files: undefined `STT_FUNC` symbols of
+    /// `.dynsym`, without version.
+    public let importedFunctions: Set<String>
     /// `PT_INTERP`: the dynamic loader an executable names, or nil.
     public let interpreter: String?
     /// `DT_RUNPATH`, else `DT_RPATH`, split on ':' with `$ORIGIN` left unexpanded.
@@ -85,6 +88,7 @@ public final class ELFImage: Sendable {
         functions = contents.functions
         segments = contents.segments
         needed = contents.needed
+        importedFunctions = contents.importedFunctions
         interpreter = contents.interpreter
         runPaths = contents.runPaths
         hasSymtab = contents.hasSymtab
@@ -363,6 +367,7 @@ private struct Contents {
     var functions: [ELFSymbol] = []
     var segments: [LoadSegment] = []
     var needed: [String] = []
+    var importedFunctions = Set<String>()
     var interpreter: String?
     var runPaths: [String] = []
     var hasSymtab = false
@@ -448,10 +453,11 @@ private struct Contents {
         for table in tables {
             let isSymtab = Int32(bitPattern: table.shdr.sh_type) == SHT_SYMTAB
             contents.hasSymtab = contents.hasSymtab || isSymtab
-            reader.read(elf: elf, data: table.data, shdr: table.shdr, versions: isSymtab ? nil : versions)
+            reader.read(elf: elf, data: table.data, shdr: table.shdr, isSymtab: isSymtab, versions: isSymtab ? nil : versions)
         }
         contents.functions = reader.result().sorted { ($0.address, $0.name) < ($1.address, $1.name) }
         contents.primaryNames = reader.primaryNames
+        contents.importedFunctions = reader.imported
         return contents
     }
 
@@ -468,6 +474,8 @@ private struct Contents {
         /// ones to show among aliases (`free`, not its old-version alias `cfree`; `strchr`,
         /// not its weak alias `index`).
         private(set) var primaryNames = Set<String>()
+        /// Undefined functions of a `.dynsym`: see `ELFImage.importedFunctions`.
+        private(set) var imported = Set<String>()
         /// Non-default versions (`memcpy@GLIBC_2.2.5` beside `memcpy@@GLIBC_2.14`): kept
         /// only for names that have no default version, so a plain name means what a
         /// program linked today would call.
@@ -475,13 +483,18 @@ private struct Contents {
 
         /// `versions` is the `.gnu.version` table that parallels a `.dynsym`.
         mutating func read(elf: OpaquePointer, data: UnsafeMutablePointer<Elf_Data>, shdr: GElf_Shdr,
-                           versions: UnsafeMutablePointer<Elf_Data>?) {
+                           isSymtab: Bool, versions: UnsafeMutablePointer<Elf_Data>?) {
             guard shdr.sh_entsize > 0 else { return }
             for index in 0..<Int32(shdr.sh_size / shdr.sh_entsize) {
                 var sym = GElf_Sym()
                 guard gelf_getsym(data, index, &sym) != nil else { continue }
                 // GELF_ST_TYPE is a macro Swift cannot import: the type is the low nibble.
                 let type = Int32(sym.st_info & 0xF)
+                if type == STT_FUNC, sym.st_shndx == UInt16(SHN_UNDEF), !isSymtab,
+                   let raw = elf_strptr(elf, Int(shdr.sh_link), Int(sym.st_name)) {
+                    imported.insert(String(cString: raw))
+                    continue
+                }
                 guard type == STT_FUNC || type == STT_GNU_IFUNC,
                       sym.st_shndx != UInt16(SHN_UNDEF), sym.st_value != 0,
                       let raw = elf_strptr(elf, Int(shdr.sh_link), Int(sym.st_name)) else { continue }

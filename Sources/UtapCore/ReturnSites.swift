@@ -1,6 +1,7 @@
 /// How a return probe observes the return.
 public enum ReturnMode: String, CaseIterable, Sendable {
-    /// `sites` for code that is unwound through (C++, Rust and Go), `hijack` otherwise.
+    /// `sites` for code that is unwound through (C++, Rust and Go) or switches stacks
+    /// (ucontext coroutines), `hijack` otherwise.
     case auto
     /// A kernel uretprobe: the return address on the stack is replaced by a trampoline.
     /// Cheap, sees every return, but an unwinder walking through the frame (a C++
@@ -46,7 +47,9 @@ extension ProbeResolver {
     private mutating func placeReturn(_ probe: ResolvedProbe, mode: ReturnMode) throws(UtapError) -> ResolvedProbe? {
         guard probe.kind == .return else { return probe }
         let image = try image(at: probe.path)
-        guard mode == .sites || (mode == .auto && Self.unwindsThroughFrames(image)) else { return probe }
+        guard mode == .sites || (mode == .auto && (Self.unwindsThroughFrames(image) || Self.switchesStacks(image))) else {
+            return probe
+        }
         guard let function = image.enclosingFunction(of: probe.address), function.size > 0,
               let code = image.bytes(atVirtualAddress: function.address, count: Int(clamping: function.size)),
               let returns = InstructionDecoder.returnInstructions(in: code) else {
@@ -69,6 +72,16 @@ extension ProbeResolver {
     /// the process with "failed to initiate panic") and Go (stack growth). Seen as a link
     /// to a C++ runtime or to libgcc_s (Rust's std links it for its unwinder, as libstdc++
     /// does), an unwinder linked in (static C++ and Rust), or Go's runtime.
+    /// Code that switches stacks with ucontext (coroutines): a context saved inside a
+    /// hijacked call holds the trampoline as its return address, and the kernel's
+    /// uretprobes, which pair returns by stack order, kill the program when it resumes
+    /// (the ptrace backend keeps such calls; a `hijack` by choice works there). Seen as
+    /// an import of swapcontext, or swapcontext linked into a static program.
+    static func switchesStacks(_ image: ELFImage) -> Bool {
+        image.importedFunctions.contains("swapcontext")
+            || (image.needed.isEmpty && !image.functions(named: "swapcontext").isEmpty)
+    }
+
     static func unwindsThroughFrames(_ image: ELFImage) -> Bool {
         image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") || $0.hasPrefix("libgcc_s") }
             || !image.functions(named: "_Unwind_RaiseException").isEmpty

@@ -47,6 +47,29 @@ final class ReturnModeTests: XCTestCase {
         }
     }
 
+    /// ucontext coroutines that switch inside return-probed calls: the kernel's
+    /// uretprobes (bpf, hijack) break the program (they pair returns by stack order), so
+    /// auto picks sites for a program that imports swapcontext, on both backends, and
+    /// every call's return is seen. A function that only tail-calls swapcontext has no
+    /// `ret`, and is refused in auto with the hint to choose hijack (which the ptrace
+    /// backend keeps: PtraceCorpusTests).
+    func testCoroutineProgramsGetReturnSitesByDefault() throws {
+        let program = Harness.target("ptrace/coroutines")
+        let plain = try Harness.run(program, ["10", "finish"])
+        XCTAssertEqual(plain.status, 0)
+        try Harness.eachBackend { backend in
+            let r = try Harness.utap(["count", "--format", "json", "\(program):descend%return", "--", program, "10", "finish"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.hasPrefix(plain.stdout), "\(backend): \(r.stdout)")
+            let counts = r.records.filter { $0["type"] as? String == "count" }
+            XCTAssertEqual(counts.map { $0["count"] as? Int }, [120], backend)
+            let tail = try Harness.utap(["count", "\(program):switch_to%return", "--", program, "10", "finish"])
+            XCTAssertEqual(tail.status, 2, tail.stderr)
+            XCTAssertTrue(tail.stderr.contains("switch_to has no ret instruction") && tail.stderr.contains("use --return-mode hijack"),
+                          tail.stderr)
+        }
+    }
+
     /// The same for Rust: a panic unwinding through a hijacked frame makes the Rust
     /// runtime abort ("failed to initiate panic"), so auto picks sites for Rust programs
     /// (they link libgcc_s, Rust's unwinder) and the panics are caught as untraced.
