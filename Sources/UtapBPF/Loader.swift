@@ -392,7 +392,7 @@ final class BPFSession: TraceSession {
         var failure: Error?
         let now = monotonicNow()
         // Once the probes are gone, every stage is sent: nothing more will fill them.
-        let watermark = flusher?.watermark(now: now, all: probesRemoved) ?? now
+        let watermark = try flusher?.watermark(now: now, all: probesRemoved) ?? now
         let delivered = rings.read(before: watermark, limit: Self.maxBatch) { record in
             if let integers = decoder.integerEvent(record) {
                 do {
@@ -419,7 +419,7 @@ final class BPFSession: TraceSession {
 
     func discardPending() -> [UInt64] {
         var discarded = [UInt64](repeating: 0, count: plan.probes.count)
-        _ = flusher?.watermark(now: .max, all: true)
+        _ = try? flusher?.watermark(now: .max, all: true)
         // The probes are gone: what is left is finite, and all of it is complete.
         _ = rings?.read(before: .max, limit: .max) { record in
             let probe = Int(RecordDecoder.probeIndex(record))

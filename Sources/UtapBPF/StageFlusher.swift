@@ -64,16 +64,21 @@ public final class StageFlusher {
 
     /// The time a read may hand over events up to, given that it is `now`: `now`, or the
     /// oldest event still staged, after sending the stages older than `maxWaitNs`; all of
-    /// them when `all` (the probes are gone). 0 when a stage stayed held.
-    func watermark(now: UInt64, all: Bool = false) -> UInt64 {
+    /// them when `all` (the probes are gone). 0 when a stage stayed held. Throws when
+    /// the kernel refuses to run the flush: the staged events could never be read.
+    func watermark(now: UInt64, all: Bool = false) throws(UtapError) -> UInt64 {
         var watermark = now
         for cpu in 0..<cpus {
             let flag = flags + cpu * MemoryLayout<utap_staged_flag>.stride
             var oldest = utap_load_acquire_u64(flag)
             if oldest == 0 { continue }
             if all || oldest &+ Self.maxWaitNs <= now {
-                guard flush(cpu: cpu) else { return 0 }
-                oldest = utap_load_acquire_u64(flag)
+                switch try flush(cpu: cpu) {
+                case .sent: oldest = utap_load_acquire_u64(flag)
+                case .held: return 0
+                // Its events wait until it is back; the rest of the stream does not.
+                case .offline: continue
+                }
                 if oldest == 0 { continue }
             }
             watermark = min(watermark, oldest)
@@ -81,18 +86,29 @@ public final class StageFlusher {
         return watermark
     }
 
-    private func flush(cpu: Int) -> Bool {
+    private enum Flush {
+        case sent
+        /// A writer the flush interrupted holds the stage, every time it was asked.
+        case held
+        /// The CPU is offline (ENXIO): nothing runs there.
+        case offline
+    }
+
+    private func flush(cpu: Int) throws(UtapError) -> Flush {
         var opts = bpf_test_run_opts()
         opts.sz = MemoryLayout<bpf_test_run_opts>.size
         opts.cpu = UInt32(cpu)
         opts.flags = UInt32(BPF_F_TEST_RUN_ON_CPU)
         for _ in 0..<Self.busyRetries {
             opts.retval = 0
-            // An offline CPU (ENXIO) runs nothing: its events wait until it is back.
-            guard bpf_prog_test_run_opts(program, &opts) == 0 else { return errno == ENXIO }
-            if opts.retval == 0 { return true }
+            guard bpf_prog_test_run_opts(program, &opts) == 0 else {
+                if errno == ENXIO { return .offline }
+                throw LibbpfLog.error("cannot send the events staged on CPU \(cpu)", errno: errno,
+                                      hint: "UTAP_BPF_STAGING=0 writes every event to the ring directly")
+            }
+            if opts.retval == 0 { return .sent }
             sched_yield()
         }
-        return false
+        return .held
     }
 }
