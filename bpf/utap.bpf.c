@@ -16,6 +16,15 @@ char LICENSE[] SEC("license") = "GPL";
  * must not see the tracer's own output, or every event would cause another. */
 const volatile struct utap_settings settings = {};
 
+/*
+ * Hits count only while the gate is open (the only variable of .bss, written by the
+ * loader as that map's value): it opens once every link is attached and closes before
+ * the first is detached. A file's entry and return probes are two links, put in and
+ * taken out milliseconds apart; without the gate a trace began with returns whose
+ * entries were not seen, and ended with returns whose entry events were not streamed.
+ */
+volatile __u32 gate_open = 0;
+
 /* Sized by the loader before load (bpf_map__set_max_entries). */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -784,10 +793,10 @@ __attribute__((noinline)) int passes_filter(struct pt_regs *ctx, __u64 latency, 
     return (stack ^ *(volatile __u64 *)blur) & 1;
 }
 
-/* What this hit should do, or NULL when it is utap's own process. */
+/* What this hit should do, or NULL when it is utap's own process or the gate is closed. */
 static __always_inline const struct utap_probe_config *config_of_hit(struct pt_regs *ctx, __u64 pid_tgid)
 {
-    if (pid_tgid >> 32 == settings.tracer_tgid)
+    if (!gate_open || pid_tgid >> 32 == settings.tracer_tgid)
         return 0;
     __u32 id = (__u32)bpf_get_attach_cookie(ctx);
     const struct utap_probe_config *cfg = bpf_map_lookup_elem(&probes, &id);

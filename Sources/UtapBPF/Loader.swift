@@ -49,6 +49,7 @@ final class BPFSession: TraceSession {
             try load()
             try attachAll()
             try openRings()
+            try setGate(open: true)
         } catch {
             detach()
             throw error
@@ -154,15 +155,32 @@ final class BPFSession: TraceSession {
         }
     }
 
+    /// The map of the object's global variables in `section` (".rodata", ".bss").
+    private func globalsMap(_ section: String) -> OpaquePointer? {
+        var map: OpaquePointer?
+        while let next = bpf_object__next_map(object, map) {
+            map = next
+            if String(cString: bpf_map__name(next)).hasSuffix(section) { return next }
+        }
+        return nil
+    }
+
+    /// Opens or closes the BPF programs' gate (`gate_open`, bpf/utap.bpf.c): hits count
+    /// only between the last link attached and the first detached. Written as the .bss
+    /// map's one element (libbpf maps global data for skeletons only).
+    private func setGate(open: Bool) throws(UtapError) {
+        var key: UInt32 = 0
+        var value: UInt32 = open ? 1 : 0
+        guard object != nil, let bss = globalsMap(".bss"), bpf_map__value_size(bss) == 4,
+              bpf_map_update_elem(bpf_map__fd(bss), &key, &value, UInt64(BPF_ANY)) == 0 else {
+            throw LibbpfLog.error("cannot \(open ? "open" : "close") the BPF programs' gate", errno: errno)
+        }
+    }
+
     /// Writes `settings` (utap_abi.h) in the object's read-only data before load.
     private func writeSettings() throws(UtapError) {
-        var rodata: OpaquePointer?
-        while let next = bpf_object__next_map(object, rodata) {
-            rodata = next
-            if String(cString: bpf_map__name(next)).hasSuffix(".rodata") { break }
-        }
         var size = 0
-        guard let rodata, let data = bpf_map__initial_value(rodata, &size),
+        guard let rodata = globalsMap(".rodata"), let initial = bpf_map__initial_value(rodata, &size),
               size >= MemoryLayout<utap_settings>.size else {
             throw .runtime("the embedded BPF object has no settings", hint: "rebuild utap ('make bpf build')")
         }
@@ -171,7 +189,7 @@ final class BPFSession: TraceSession {
         settings.wake_bytes = UInt64(ringBytes / 4)
         settings.staging = staging ? 1 : 0
         // `settings` is the only read-only global, at offset 0.
-        UnsafeMutableRawPointer(mutating: data).storeBytes(of: settings, as: utap_settings.self)
+        UnsafeMutableRawPointer(mutating: initial).storeBytes(of: settings, as: utap_settings.self)
     }
 
     private func setMaxEntries(_ name: String, _ value: UInt32) throws(UtapError) {
@@ -512,6 +530,7 @@ final class BPFSession: TraceSession {
     private var probesRemoved = false
 
     func removeProbes() {
+        try? setGate(open: false)
         LinkTeardown.destroy(links)
         links = []
         probesRemoved = true

@@ -120,6 +120,9 @@ struct AggregateRunner {
                     nextReport = due + step!
                 }
             }
+            // The last numbers once no probe counts any more: read while they still did,
+            // a function's entries and returns were read a moment apart.
+            session.removeProbes()
             try reportNew()
         } catch OutputError.brokenPipe {
             stop = .outputClosed

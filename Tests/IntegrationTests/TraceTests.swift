@@ -271,6 +271,47 @@ final class TraceTests: XCTestCase {
         }
     }
 
+    /// A file's entry and return probes are two links (multi-links) or several (perf
+    /// events), attached and detached milliseconds apart; hits count only once all are in
+    /// and until the first goes. So a trace of a busy function pairs up: at most a return
+    /// of a call already under way at the start, and an entry of one under way at the end.
+    func testEntriesAndReturnsPairUpFromStartToEnd() throws {
+        let program = try Harness.compile("""
+            #include <stdio.h>
+            #include <unistd.h>
+            __attribute__((noipa)) long f(long x) { return x * 2; }
+            int main(void) {
+                char line[8];
+                printf("ready %d\\n", getpid());
+                fflush(stdout);
+                if (!fgets(line, sizeof line, stdin)) return 1;
+                for (long i = 0, s = 0;; i++) { s += f(i); if (i % 4 == 0) usleep(10); }
+            }
+            """, named: "busy", for: self)
+        let target = try Harness.WaitingTarget(executable: program, arguments: [])
+        defer { target.kill() }
+        target.release()
+        for attach in ["multi", "perf"] {
+            let r = try Harness.utap(["trace", "--backend", "bpf", "--format", "json", "-p", String(target.pid), "--duration", "0.3",
+                                      "\(program):f", "\(program):f%return r=ret"], environment: ["UTAP_ATTACH": attach])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            var kinds = r.events.map { $0["kind"] as! String }
+            if kinds.first == "return" { kinds.removeFirst() }
+            if kinds.last == "entry" { kinds.removeLast() }
+            XCTAssertGreaterThan(kinds.count, 100, attach)
+            let unpaired = stride(from: 0, to: kinds.count, by: 2).filter { i in
+                kinds[i] != "entry" || i + 1 >= kinds.count || kinds[i + 1] != "return"
+            }
+            XCTAssertEqual(unpaired.count, 0, "\(attach): \(kinds.count) events, unpaired from \(unpaired.prefix(5))")
+            let counted = try Harness.utap(["count", "--backend", "bpf", "--format", "json", "-p", String(target.pid),
+                                            "--duration", "0.3", "\(program):f", "\(program):f%return"],
+                                           environment: ["UTAP_ATTACH": attach])
+            let counts = counted.records.filter { $0["type"] as? String == "count" }.map { $0["count"] as! Int }
+            XCTAssertEqual(counts.count, 2, counted.stdout)
+            XCTAssertLessThanOrEqual(abs(counts[0] - counts[1]), 1, "\(attach): \(counts)")
+        }
+    }
+
     func testPidSeesEveryThreadOfARunningProcess() throws {
         try Harness.eachBackend { backend in
             let target = try Harness.WaitingTarget("threads", ["2000"])
