@@ -14,10 +14,14 @@ final class OutputWatchdog {
     private let state = Locked((finished: false, thread: pthread_t?.none))
     private let main = pthread_self()
     private let isDue: () -> Bool
+    /// Posted by `finish`: the watcher's pause ends at once, not up to 50 ms later (a
+    /// wait every exit paid).
+    private let wake = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
     /// Starts watching; `isDue` is asked every 50 ms from another thread.
     init(isDue: @escaping () -> Bool) {
         self.isDue = isDue
+        sem_init(wake, 0, 0)
         utap_install_wake_handler(Self.signal)
         var thread = pthread_t()
         let box = Unmanaged.passRetained(self)
@@ -31,11 +35,23 @@ final class OutputWatchdog {
         state.withLock { $0.thread = thread }
     }
 
+    deinit {
+        sem_destroy(wake)
+        wake.deallocate()
+    }
+
     private func watch() {
-        var pause = timespec(tv_sec: 0, tv_nsec: 50_000_000)
         while !state.withLock({ $0.finished }) {
             if isDue() { pthread_kill(main, Self.signal) }
-            nanosleep(&pause, nil)
+            var until = timespec()
+            // sem_timedwait counts in CLOCK_REALTIME: a clock step only changes one pause.
+            clock_gettime(CLOCK_REALTIME, &until)
+            until.tv_nsec += 50_000_000
+            if until.tv_nsec >= 1_000_000_000 {
+                until.tv_sec += 1
+                until.tv_nsec -= 1_000_000_000
+            }
+            _ = sem_timedwait(wake, &until)
         }
     }
 
@@ -46,6 +62,7 @@ final class OutputWatchdog {
             defer { state.thread = nil }
             return state.thread
         }) else { return }
+        sem_post(wake)
         pthread_join(thread, nil)
     }
 }
