@@ -346,8 +346,9 @@ static __always_inline void fill_header(struct utap_event *e, const struct utap_
 /*
  * Integer records are batched: written into this CPU's stage and sent to the ring as one
  * record once it is nearly full, or when the reader asks (utap_flush).
- * A ring reservation and commit per event cost more than writing the event (bench: 1.19x
- * the counter floor per event against 1.09x batched). Writers keep preemption off while
+ * A ring reservation and commit per event cost more than writing the event (2 threads,
+ * bench/floor.bpf.c's writer: 1.19x the counter floor a hit, 1.09x when it batched the
+ * same records). Writers keep preemption off while
  * they hold the stage, so no other thread's run can find it held mid-write and overtake
  * its events; `users` keeps the flush out when its interrupt lands mid-write.
  */
