@@ -15,13 +15,19 @@ public enum AttachPath: String, Sendable {
         if let forced = getenv("UTAP_ATTACH").flatMap({ AttachPath(rawValue: String(cString: $0)) }) {
             return forced
         }
-        var uts = utsname()
-        uname(&uts)
-        let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard numbers.count == 2 else { return .perfEvent }
-        return (numbers[0], numbers[1]) >= (6, 6) ? .multiLink : .perfEvent
+        return kernelIsAtLeast(6, 6) ? .multiLink : .perfEvent
     }
+}
+
+/// Whether the running kernel's release is `major.minor` or later (false when it cannot
+/// be read).
+func kernelIsAtLeast(_ major: Int, _ minor: Int) -> Bool {
+    var uts = utsname()
+    guard uname(&uts) == 0 else { return false }
+    let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+    let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+    guard numbers.count == 2 else { return false }
+    return (numbers[0], numbers[1]) >= (major, minor)
 }
 
 /// A live attachment: a libbpf link, or the fd of a multi-link libbpf does not know.

@@ -31,14 +31,7 @@ public final class StageFlusher {
 
     /// The programs keep preemption off while they hold a stage: bpf_preempt_disable,
     /// Linux 6.10.
-    public static var kernelAllows: Bool {
-        var name = utsname()
-        guard uname(&name) == 0 else { return false }
-        let release = withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard parts.count == 2 else { return false }
-        return (parts[0], parts[1]) >= (6, 10)
-    }
+    public static var kernelAllows: Bool { kernelIsAtLeast(6, 10) }
 
     /// - Parameters:
     ///   - program: the loaded `utap_flush` program.

@@ -72,6 +72,12 @@ extension ProbeResolver {
     /// the process with "failed to initiate panic") and Go (stack growth). Seen as a link
     /// to a C++ runtime or to libgcc_s (Rust's std links it for its unwinder, as libstdc++
     /// does), an unwinder linked in (static C++ and Rust), or Go's runtime.
+    static func unwindsThroughFrames(_ image: ELFImage) -> Bool {
+        image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") || $0.hasPrefix("libgcc_s") }
+            || !image.functions(named: "_Unwind_RaiseException").isEmpty
+            || !image.functions(named: "runtime.main").isEmpty
+    }
+
     /// Code that switches stacks with ucontext (coroutines): a context saved inside a
     /// hijacked call holds the trampoline as its return address, and the kernel's
     /// uretprobes, which pair returns by stack order, kill the program when it resumes
@@ -80,11 +86,5 @@ extension ProbeResolver {
     static func switchesStacks(_ image: ELFImage) -> Bool {
         image.importedFunctions.contains("swapcontext")
             || (image.needed.isEmpty && !image.functions(named: "swapcontext").isEmpty)
-    }
-
-    static func unwindsThroughFrames(_ image: ELFImage) -> Bool {
-        image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") || $0.hasPrefix("libgcc_s") }
-            || !image.functions(named: "_Unwind_RaiseException").isEmpty
-            || !image.functions(named: "runtime.main").isEmpty
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import UtapCore
 
 /// Why output could not be written. Errors are sticky: once a stream fails, every later
 /// flush throws the same error and discards what was buffered (counted in
@@ -108,12 +109,12 @@ public final class OutputBuffer {
         }
         let bytes = buffered
         var written = 0
-        lastProgressNs = Self.now()
+        lastProgressNs = monotonicNow()
         while written < bytes.count {
             let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
             if n >= 0 {
                 written += n
-                if n > 0 { lastProgressNs = Self.now() }
+                if n > 0 { lastProgressNs = monotonicNow() }
                 if written < bytes.count, givesUpWhen?() == true { return try fail(.stalled, written: written) }
                 continue
             }
@@ -138,12 +139,6 @@ public final class OutputBuffer {
     @inline(__always)
     public func flushIfFull() throws(OutputError) {
         if storage.pointee.count > Self.flushThreshold { try flush() }
-    }
-
-    private static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     private func fail(_ error: OutputError, written: Int) throws(OutputError) {
