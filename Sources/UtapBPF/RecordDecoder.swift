@@ -67,7 +67,7 @@ final class RecordDecoder {
             timestampNs: record.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
             pid: record.loadUnaligned(fromByteOffset: 16, as: Int32.self),
             tid: record.loadUnaligned(fromByteOffset: 20, as: Int32.self),
-            comm: comm(record),
+            comm: ThreadName(bytes: record.baseAddress! + 32),
             probe: index,
             kind: flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry,
             latencyNs: flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil,

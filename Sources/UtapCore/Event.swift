@@ -81,7 +81,7 @@ public struct IntegerEvent {
     public var timestampNs: UInt64
     public var pid: Int32
     public var tid: Int32
-    public var comm: String
+    public var comm: ThreadName
     public var probe: Int
     public var kind: ProbeKind
     public var latencyNs: UInt64?
@@ -90,7 +90,7 @@ public struct IntegerEvent {
     /// Field i's type; the count is the number of fields.
     public var types: UnsafeBufferPointer<FieldType>
 
-    public init(timestampNs: UInt64, pid: Int32, tid: Int32, comm: String, probe: Int, kind: ProbeKind,
+    public init(timestampNs: UInt64, pid: Int32, tid: Int32, comm: ThreadName, probe: Int, kind: ProbeKind,
                 latencyNs: UInt64?, values: UnsafeRawPointer, types: UnsafeBufferPointer<FieldType>) {
         self.timestampNs = timestampNs
         self.pid = pid
@@ -113,8 +113,57 @@ public struct IntegerEvent {
 
     /// The same hit as an `Event`.
     public var event: Event {
-        Event(timestampNs: timestampNs, pid: pid, tid: tid, comm: comm, probe: probe, kind: kind,
+        Event(timestampNs: timestampNs, pid: pid, tid: tid, comm: comm.string, probe: probe, kind: kind,
               fields: (0..<fieldCount).map(field), latencyNs: latencyNs)
+    }
+}
+
+/// A thread's name as the kernel keeps it (TASK_COMM_LEN: at most 15 bytes, NUL-padded
+/// to 16), held in two words: an event carries it without reference counting, and
+/// comparing two is two integer compares.
+public struct ThreadName: Hashable, Sendable {
+    public var low: UInt64
+    public var high: UInt64
+
+    public init(low: UInt64, high: UInt64) {
+        self.low = low
+        self.high = high
+    }
+
+    /// The 16 bytes at `bytes`.
+    @inlinable
+    public init(bytes: UnsafeRawPointer) {
+        low = bytes.loadUnaligned(as: UInt64.self)
+        high = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+    }
+
+    /// The name `string` is, or nil when it is longer than 16 bytes or holds a NUL.
+    public init?(exactly string: String) {
+        var bytes = (UInt64(0), UInt64(0))
+        let fits = withUnsafeMutableBytes(of: &bytes) { buffer -> Bool in
+            var count = 0
+            for byte in string.utf8 {
+                guard count < 16, byte != 0 else { return false }
+                buffer[count] = byte
+                count += 1
+            }
+            return true
+        }
+        guard fits else { return nil }
+        (low, high) = bytes
+    }
+
+    /// The name's bytes, up to the first NUL.
+    public func withBytes<R>(_ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        withUnsafeBytes(of: (low, high)) { raw in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            return body(UnsafeBufferPointer(rebasing: bytes.prefix { $0 != 0 }))
+        }
+    }
+
+    /// The name as text; bytes that are not UTF-8 become U+FFFD.
+    public var string: String {
+        withBytes { String(decoding: $0, as: UTF8.self) }
     }
 }
 

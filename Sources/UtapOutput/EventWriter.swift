@@ -25,7 +25,11 @@ protocol WritableEvent {
     var timestampNs: UInt64 { get }
     var pid: Int32 { get }
     var tid: Int32 { get }
-    var comm: String { get }
+    /// The thread's name as text.
+    var commText: String { get }
+    /// The thread's name as a key for caches; nil when `commText` is not a name the
+    /// kernel could have given (then it is encoded each time).
+    var threadName: ThreadName? { get }
     var probe: Int { get }
     var latencyNs: UInt64? { get }
     var stack: [String]? { get }
@@ -36,6 +40,8 @@ protocol WritableEvent {
 
 extension Event: WritableEvent {
     var fieldCount: Int { fields.count }
+    var commText: String { comm }
+    var threadName: ThreadName? { ThreadName(exactly: comm) }
 
     @inline(__always)
     func forEachField(_ body: (Int, FieldValue) -> Void) {
@@ -48,6 +54,8 @@ extension Event: WritableEvent {
 
 extension IntegerEvent: WritableEvent {
     var stack: [String]? { nil }
+    var commText: String { comm.string }
+    var threadName: ThreadName? { comm }
 
     @inline(__always)
     func forEachField(_ body: (Int, FieldValue) -> Void) {

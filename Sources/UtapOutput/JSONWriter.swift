@@ -55,7 +55,7 @@ public final class JSONWriter: EventWriter {
             output.append(#","tid":"#)
             output.appendDecimal(Int64(event.tid))
             output.append(#","comm":"#)
-            output.appendJSONString(event.comm)
+            output.appendJSONString(event.commText)
             output.append(0x2C)
             texts.appendFixed(Piece.prefix, probe: event.probe, to: output)
         }

@@ -91,7 +91,7 @@ public final class TextWriter: EventWriter {
 
         threadTexts.append(event, probe: 0, to: output) { output in
             var start = output.bufferedCount
-            output.appendTextEscaped(event.comm)
+            output.appendTextEscaped(event.commText)
             output.pad(from: start, toWidth: Self.commWidth)
             output.append(0x20)
 

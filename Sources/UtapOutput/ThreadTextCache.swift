@@ -11,8 +11,7 @@ final class ThreadTextCache {
         var pid: Int32 = 0
         var tid: Int32 = -1
         var probe = -1
-        /// At most 15 bytes (TASK_COMM_LEN): a small String, compared without allocating.
-        var comm: String = ""
+        var name = ThreadName(low: 0, high: 0)
         var count = 0
     }
 
@@ -45,18 +44,19 @@ final class ThreadTextCache {
         let index = Int((UInt32(bitPattern: event.tid) &+ UInt32(truncatingIfNeeded: probe) &* 7) % UInt32(Self.slots))
         let cached = slot + index
         let text = bytes + index * Self.slotBytes
+        let name = event.threadName
         if cached.pointee.tid == event.tid, cached.pointee.probe == probe, cached.pointee.pid == event.pid,
-           cached.pointee.comm == event.comm {
+           cached.pointee.name == name {
             return output.append(UnsafeBufferPointer(start: text, count: cached.pointee.count))
         }
         let start = output.bufferedCount
         encode(output)
         let count = output.bufferedCount - start
-        guard count <= Self.slotBytes else {
+        guard count <= Self.slotBytes, let name else {
             cached.pointee.tid = -1
             return
         }
         output.copyBuffered(from: start, count: count, to: text)
-        cached.pointee = Slot(pid: event.pid, tid: event.tid, probe: probe, comm: event.comm, count: count)
+        cached.pointee = Slot(pid: event.pid, tid: event.tid, probe: probe, name: name, count: count)
     }
 }

@@ -75,7 +75,7 @@ final class RecordDecoderTests: XCTestCase {
     func testAThreadRenamedBetweenRecordsGetsItsNewName() throws {
         for name in ["first", "first", "second", "first"] {
             try record(probe: 0, comm: name, values: [1, 2, 3]).withUnsafeBytes { record in
-                XCTAssertEqual(try XCTUnwrap(decoder.integerEvent(record)).comm, name)
+                XCTAssertEqual(try XCTUnwrap(decoder.integerEvent(record)).comm.string, name)
                 XCTAssertEqual(decoder.decode(record).comm, name)
             }
         }

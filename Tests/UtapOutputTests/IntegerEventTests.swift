@@ -26,7 +26,7 @@ final class IntegerEventTests: XCTestCase {
                 try values.withUnsafeBytes { bytes in
                     let base = bytes.baseAddress!
                     var e = IntegerEvent(timestampNs: 1_700_000_000_000_000_000 + UInt64(step) * 999_999,
-                                         pid: 42, tid: step < 8 ? 43 : 44, comm: step < 8 ? "app" : "wörker",
+                                         pid: 42, tid: step < 8 ? 43 : 44, comm: ThreadName(exactly: step < 8 ? "app" : "wörker")!,
                                          probe: 0, kind: .entry, latencyNs: nil, values: base, types: types)
                     try body(e)
                     e.probe = 1
@@ -74,7 +74,7 @@ final class IntegerEventTests: XCTestCase {
         let types: [FieldType] = [.s8, .u8, .s32, .u32, .hex, .bool, .bool]
         let fields = raw.withUnsafeBytes { bytes in
             types.withUnsafeBufferPointer { types in
-                IntegerEvent(timestampNs: 1, pid: 2, tid: 3, comm: "c", probe: 0, kind: .entry, latencyNs: nil,
+                IntegerEvent(timestampNs: 1, pid: 2, tid: 3, comm: ThreadName(exactly: "c")!, probe: 0, kind: .entry, latencyNs: nil,
                              values: bytes.baseAddress!, types: types).event.fields
             }
         }

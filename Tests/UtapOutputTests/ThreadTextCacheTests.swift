@@ -8,7 +8,8 @@ final class ThreadTextCacheTests: XCTestCase {
     /// Threads that share a cache slot (tids 64 apart; tid 108 and tid 101's second probe),
     /// a thread renamed, a tid reused by another process, a name whose escaped form does
     /// not fit a slot, one thread alternating between two probes, a probe whose name does
-    /// not fit a slot, and back again.
+    /// not fit a slot, and back again; names longer than a kernel's, alike in their first
+    /// 16 bytes.
     private let events: [Event] = {
         let threads: [(pid: Int32, tid: Int32, comm: String, probe: Int)] = [
             (100, 101, "worker", 0), (100, 165, "worker-2", 0), (100, 101, "worker", 0), (100, 165, "worker-2", 0),
@@ -17,6 +18,9 @@ final class ThreadTextCacheTests: XCTestCase {
             (100, 101, "renamed", 0), (200, 101, "renamed", 0), (200, 101, "quote\"back\\slash", 0),
             (300, 301, String(repeating: "\u{1}", count: 40), 0), (300, 301, String(repeating: "\u{1}", count: 40), 0),
             (100, 101, "worker", 0), (7, 7, "", 0), (7, 7, "", 0),
+            // 16 bytes, the most a name key holds; then two names that share those 16
+            (400, 401, "sixteen-bytes-ab", 0), (400, 401, "sixteen-bytes-ab", 0),
+            (400, 401, "sixteen-bytes-abX", 0), (400, 401, "sixteen-bytes-abY", 0),
         ]
         return threads.enumerated().map { index, thread in
             Event(timestampNs: 1_000_000_000 + UInt64(index) * 1000, pid: thread.pid, tid: thread.tid,
