@@ -11,8 +11,9 @@ _Static_assert(UTAP_EVENT_HEADER_SIZE + UTAP_MAX_FIELDS * (8 + UTAP_STR_MAX) +
                "largest record fits");
 _Static_assert(offsetof(struct utap_event, latency_ns) == 8 && offsetof(struct utap_event, pid) == 16 &&
                offsetof(struct utap_event, tid) == 20 && offsetof(struct utap_event, probe) == 24 &&
-               offsetof(struct utap_event, flags) == 30 && offsetof(struct utap_event, comm) == 32,
-               "RecordDecoder reads these offsets");
+               offsetof(struct utap_event, size) == 28 && offsetof(struct utap_event, flags) == 30 &&
+               offsetof(struct utap_event, comm) == 32,
+               "RecordDecoder and RingSet read these offsets");
 _Static_assert(sizeof(struct utap_histogram) == 24 + 8 * UTAP_HIST_BUCKETS, "histogram layout");
 _Static_assert(UTAP_HIST_BUCKETS == 256, "LatencyHistogram.bucketCount");
 _Static_assert(sizeof(struct utap_filter_insn) == 24, "filter instruction layout");

@@ -65,7 +65,9 @@ final class RingSet {
     static let headerBytes: UInt64 = 8
     /// struct utap_event: its header's size, and where it keeps its own size.
     static let eventHeaderBytes = Int(UTAP_EVENT_HEADER_SIZE)
-    static let eventSizeOffset = MemoryLayout<utap_event>.offset(of: \utap_event.size)!
+    /// A literal (utap_abi.c asserts it): a computed one was a lazy global, initialised
+    /// behind a swift_once call on every event.
+    static let eventSizeOffset = 28
     /// Records handed over before the consumer position is published: the producer reads
     /// it on every reserve, so writing it per record moves its cache line per record.
     static let publishEvery = 64
