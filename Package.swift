@@ -13,7 +13,8 @@ let package = Package(
         .target(name: "UtapABI", path: "Sources/UtapABI"),
         .target(name: "UtapBPFObject", path: "Sources/UtapBPFObject"),
         .target(name: "CUtapSys", path: "Sources/CUtapSys"),
-        .target(name: "UtapCore", dependencies: ["CLibbpf", "CZydis", "CUtapSys"],
+        .target(name: "CXZ", path: "Sources/CXZ", linkerSettings: [.linkedLibrary("lzma")]),
+        .target(name: "UtapCore", dependencies: ["CLibbpf", "CZydis", "CUtapSys", "CXZ"],
                 // __cxa_demangle, the C++ runtime's demangler.
                 linkerSettings: [.linkedLibrary("stdc++")]),
         .target(name: "UtapBPF", dependencies: ["UtapCore", "UtapABI", "UtapBPFObject", "CLibbpf", "CUtapSys"]),

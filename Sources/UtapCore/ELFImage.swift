@@ -1,4 +1,5 @@
 import CLibbpf
+import CXZ
 import Glibc
 
 /// A function symbol of an ELF file.
@@ -69,6 +70,10 @@ public final class ELFImage: Sendable {
     /// The separate debug file whose full symbol table stands in for the one this stripped
     /// file lacks (`DebugFiles`), or nil.
     public let debugFile: String?
+    /// Whether, stripped and without a debug file, the file named its functions in its own
+    /// `.gnu_debugdata` (MiniDebugInfo: an xz-compressed ELF holding the symbols `.dynsym`
+    /// lacks, as Fedora and RHEL ship; gdb and perf read it too).
+    public let hasMiniDebugInfo: Bool
 
     private let fd: Int32
     private let byName: [String: [ELFSymbol]]
@@ -80,10 +85,11 @@ public final class ELFImage: Sendable {
     /// See `SymbolReader.primaryNames`.
     private let primaryNames: Set<String>
 
-    private init(path: String, fd: Int32, contents: Contents, debugFile: String?) {
+    private init(path: String, fd: Int32, contents: Contents, debugFile: String?, hasMiniDebugInfo: Bool) {
         self.path = path
         self.fd = fd
         self.debugFile = debugFile
+        self.hasMiniDebugInfo = hasMiniDebugInfo
         isSharedObject = contents.isSharedObject
         functions = contents.functions
         segments = contents.segments
@@ -119,11 +125,18 @@ public final class ELFImage: Sendable {
         do throws(UtapError) {
             var contents = try checkedContents(fd: fd, path: path)
             var debugFile: String?
+            var hasMiniDebugInfo = false
+            // Like gdb: a separate debug file first (it names more), else MiniDebugInfo.
             if !contents.hasSymtab, let debug = findDebugContents(of: path, contents) {
                 contents.addFunctions(of: debug.contents)
                 debugFile = debug.path
+            } else if !contents.hasSymtab, let compressed = contents.miniDebugInfo,
+                      let embedded = Contents.read(miniDebugInfo: compressed) {
+                contents.addFunctions(of: embedded)
+                hasMiniDebugInfo = true
             }
-            return ELFImage(path: path, fd: fd, contents: contents, debugFile: debugFile)
+            return ELFImage(path: path, fd: fd, contents: contents, debugFile: debugFile,
+                            hasMiniDebugInfo: hasMiniDebugInfo)
         } catch {
             close(fd)
             throw error
@@ -160,7 +173,7 @@ public final class ELFImage: Sendable {
     /// What to do about a function that is not found in a stripped file without a debug
     /// file; nil when the file has its symbols.
     public var strippedHint: String? {
-        guard !hasSymtab && debugFile == nil else { return nil }
+        guard !hasSymtab && debugFile == nil && !hasMiniDebugInfo else { return nil }
         return "\(path) is stripped: only its exported functions have names. Install its debug symbols "
             + "(looked for by build ID and debug link under \(DebugFiles.directories.joined(separator: ":")); "
             + "UTAP_DEBUG_DIR sets where) or probe an address: \(path):0xADDRESS"
@@ -373,6 +386,8 @@ private struct Contents {
     var hasSymtab = false
     var buildID: [UInt8] = []
     var debugLink: DebugFiles.Link?
+    /// `.gnu_debugdata`, still compressed.
+    var miniDebugInfo: [UInt8]?
     /// See `SymbolReader.primaryNames`.
     var primaryNames = Set<String>()
 
@@ -392,13 +407,35 @@ private struct Contents {
     private static let libelfReady: Bool = elf_version(UInt32(EV_CURRENT)) != UInt32(EV_NONE)
 
     static func read(fd: Int32, path: String) throws(UtapError) -> Contents {
-        func failure(_ what: String) -> UtapError {
-            .usage("'\(path)': cannot read ELF \(what): \(String(cString: elf_errmsg(-1)))")
-        }
         guard libelfReady, let elf = elf_begin(fd, ELF_C_READ_MMAP, nil) else {
-            throw failure("file")
+            throw readFailure("file", path: path)
         }
         defer { elf_end(elf) }
+        return try read(elf: elf, path: path)
+    }
+
+    /// The ELF file MiniDebugInfo compresses into `.gnu_debugdata`; nil when the section
+    /// does not hold one.
+    static func read(miniDebugInfo compressed: [UInt8]) -> Contents? {
+        var bytes: UnsafeMutablePointer<UInt8>?
+        var size = 0
+        // Fedora's are tens of KiB: 256 MiB is only a bound against a hostile file.
+        guard utap_xz_decompress(compressed, compressed.count, 256 << 20, &bytes, &size) == 0, let bytes else {
+            return nil
+        }
+        defer { free(bytes) }
+        guard libelfReady, let elf = UnsafeMutableRawPointer(bytes).withMemoryRebound(
+            to: CChar.self, capacity: size, { elf_memory($0, size) }) else { return nil }
+        defer { elf_end(elf) }
+        return try? read(elf: elf, path: ".gnu_debugdata")
+    }
+
+    private static func readFailure(_ what: String, path: String) -> UtapError {
+        .usage("'\(path)': cannot read ELF \(what): \(String(cString: elf_errmsg(-1)))")
+    }
+
+    private static func read(elf: OpaquePointer, path: String) throws(UtapError) -> Contents {
+        func failure(_ what: String) -> UtapError { readFailure(what, path: path) }
         var contents = Contents()
         var header = GElf_Ehdr()
         guard gelf_getehdr(elf, &header) != nil else { throw failure("header") }
@@ -409,11 +446,11 @@ private struct Contents {
         for index in 0..<count {
             var phdr = GElf_Phdr()
             guard gelf_getphdr(elf, Int32(index), &phdr) != nil else { throw failure("program headers") }
-            if phdr.p_type == UInt32(PT_INTERP), phdr.p_filesz < 4096 {
-                var bytes = [UInt8](repeating: 0, count: Int(phdr.p_filesz))
-                if pread(fd, &bytes, bytes.count, off_t(phdr.p_offset)) == bytes.count {
-                    contents.interpreter = String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
-                }
+            if phdr.p_type == UInt32(PT_INTERP), phdr.p_filesz < 4096,
+               let data = elf_getdata_rawchunk(elf, Int64(phdr.p_offset), Int(phdr.p_filesz), ELF_T_BYTE),
+               let bytes = data.pointee.d_buf {
+                let text = UnsafeRawBufferPointer(start: bytes, count: data.pointee.d_size)
+                contents.interpreter = String(decoding: text.prefix { $0 != 0 }, as: UTF8.self)
             }
             guard phdr.p_type == UInt32(PT_LOAD) else { continue }
             contents.segments.append(LoadSegment(
@@ -441,9 +478,13 @@ private struct Contents {
             case SHT_NOTE:
                 contents.readBuildID(data)
             case SHT_PROGBITS:
-                if sectionNames != 0, let name = elf_strptr(elf, sectionNames, Int(shdr.sh_name)),
-                   strcmp(name, ".gnu_debuglink") == 0, let bytes = data.pointee.d_buf {
-                    contents.debugLink = DebugFiles.parseLink(UnsafeRawBufferPointer(start: bytes, count: data.pointee.d_size))
+                guard sectionNames != 0, let name = elf_strptr(elf, sectionNames, Int(shdr.sh_name)),
+                      let bytes = data.pointee.d_buf else { break }
+                let section = UnsafeRawBufferPointer(start: bytes, count: data.pointee.d_size)
+                if strcmp(name, ".gnu_debuglink") == 0 {
+                    contents.debugLink = DebugFiles.parseLink(section)
+                } else if strcmp(name, ".gnu_debugdata") == 0 {
+                    contents.miniDebugInfo = Array(section)
                 }
             default:
                 break

@@ -40,7 +40,7 @@ final class PtraceTests: XCTestCase {
                           "take_s64 a=arg0 b=arg1:u64", "take_s64%return ret", "take_str s=arg0:str[8]",
                           "take_str%return ret:s32", "is_even v=arg0:s32", "is_even%return ret:bool"]
         var cases: [(probes: [String], target: String, args: [String])] = []
-        for build in ["args_pie", "args_nopie", "args_stripped", "args_debuglink", "args_O0", "args_clang"] {
+        for build in ["args_pie", "args_nopie", "args_stripped", "args_debuglink", "args_minidebuginfo", "args_O0", "args_clang"] {
             cases.append((argsProbes.map { "\(Harness.target(build)):\($0)" }, build, ["300"]))
         }
         cases.append((["libutaptest:lib_add a=arg0:s32 b=arg1:s32", "libutaptest:lib_add%return ret:s32",

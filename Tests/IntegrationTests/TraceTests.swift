@@ -26,7 +26,7 @@ final class TraceTests: XCTestCase {
     /// file), -O0 and clang.
     func testExactCountsArgumentsAndReturnsInEveryBuild() throws {
         try Harness.eachBackend { backend in
-            for target in ["args_pie", "args_nopie", "args_stripped", "args_debuglink", "args_O0", "args_clang"] {
+            for target in ["args_pie", "args_nopie", "args_stripped", "args_debuglink", "args_minidebuginfo", "args_O0", "args_clang"] {
                 let r = try trace(["add2 a=arg0 b=arg1", "add2%return r=ret"], target, ["1000"])
                 let entries = r.events("add2"), returns = r.events("add2%return")
                 XCTAssertEqual(entries.count, 1000, target)

@@ -271,6 +271,62 @@ final class ELFImageTests: XCTestCase {
         }
     }
 
+    /// Adds `.gnu_debugdata` to the stripped program at `path` the way Fedora's
+    /// find-debuginfo does: the function symbols `.dynsym` lacks, taken from `full` into
+    /// an ELF of symbols only, xz-compressed.
+    private func addMiniDebugInfo(to path: String, from full: String, in directory: String) throws {
+        let dynamic = Set(try Toolchain.symbols(of: full, dynamic: true).keys)
+        let functions = try Toolchain.symbols(of: full).filter { $0.value.type == "FUNC" && !dynamic.contains($0.key) }
+        try functions.keys.sorted().joined(separator: "\n").write(toFile: directory + "/keep", atomically: true, encoding: .utf8)
+        try Toolchain.run(["objcopy", "--only-keep-debug", full, directory + "/mini"])
+        try Toolchain.run(["objcopy", "-S", "--remove-section", ".comment", "--keep-symbols=" + directory + "/keep",
+                           directory + "/mini"])
+        try Toolchain.run(["xz", "-f", directory + "/mini"])
+        try Toolchain.run(["objcopy", "--add-section", ".gnu_debugdata=" + directory + "/mini.xz", path])
+    }
+
+    func testStrippedProgramTakesItsFunctionsFromMiniDebugInfo() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let full = try Toolchain.compile(Self.program + "static int utap_local(int x) { return x * 7; }\n"
+                                         + "int (*utap_keep)(int) = utap_local;\n",
+                                         to: "full", in: directory, flags: ["-rdynamic"])
+        let functions = try ELFImage.open(full).functions
+        XCTAssertFalse(functions.filter { $0.name == "utap_local" }.isEmpty, "a local function to find")
+        let path = directory + "/prog"
+        try Toolchain.run(["strip", "--strip-all", "-o", path, full])
+        XCTAssertEqual(try ELFImage.open(path).functions(named: "utap_local"), [], "stripped")
+        try addMiniDebugInfo(to: path, from: full, in: directory)
+        let image = try ELFImage.open(path)
+        XCTAssertFalse(image.hasSymtab)
+        XCTAssertTrue(image.hasMiniDebugInfo)
+        XCTAssertNil(image.debugFile)
+        XCTAssertNil(image.strippedHint, "every function has its name")
+        XCTAssertEqual(image.functions, functions, "every function, at its address, with its size")
+    }
+
+    /// A `.gnu_debugdata` that is no xz stream, or one cut short, names nothing and
+    /// breaks nothing.
+    func testBrokenMiniDebugInfoIsIgnored() throws {
+        let directory = try Toolchain.temporaryDirectory(self)
+        let full = try Toolchain.compile(Self.program, to: "full", in: directory, flags: ["-rdynamic"])
+        let path = directory + "/prog"
+        try Toolchain.run(["strip", "--strip-all", "-o", path, full])
+        let stripped = try ELFImage.open(path).functions
+        try Toolchain.run(["cp", path, directory + "/valid"])
+        try addMiniDebugInfo(to: directory + "/valid", from: full, in: directory)
+        let xz = try Data(contentsOf: URL(fileURLWithPath: directory + "/mini.xz"))
+        for (name, bytes) in [("garbage", Data("not an xz stream".utf8)), ("cut", xz.prefix(xz.count / 2))] {
+            let section = directory + "/" + name
+            try bytes.write(to: URL(fileURLWithPath: section))
+            let broken = directory + "/prog-" + name
+            try Toolchain.run(["objcopy", "--add-section", ".gnu_debugdata=" + section, path, broken])
+            let image = try ELFImage.open(broken)
+            XCTAssertFalse(image.hasMiniDebugInfo, name)
+            XCTAssertEqual(image.functions, stripped, name)
+            XCTAssertNotNil(image.strippedHint, name)
+        }
+    }
+
     func testDebugFileCandidates() {
         let link = DebugFiles.Link(name: "x.debug", crc: 7)
         XCTAssertEqual(DebugFiles.candidates(for: "/usr/bin/x", buildID: [0xAB, 0xCD, 0x01], link: link, directories: ["/d"]),

@@ -39,6 +39,7 @@ TARGETS_BINS := \
 	$(TARGETS_OUT)/args_nopie \
 	$(TARGETS_OUT)/args_stripped \
 	$(TARGETS_OUT)/args_debuglink \
+	$(TARGETS_OUT)/args_minidebuginfo \
 	$(TARGETS_OUT)/args_O0 \
 	$(TARGETS_OUT)/args_clang \
 	$(TARGETS_OUT)/threads \
@@ -78,6 +79,20 @@ $(TARGETS_OUT)/args_debuglink: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS
 	objcopy --only-keep-debug $(TARGETS_OUT)/tmp/args_debuglink.full $(TARGETS_OUT)/.debug/args_debuglink.debug
 	$(TARGETS_STRIP) --strip-all -o $@ $(TARGETS_OUT)/tmp/args_debuglink.full
 	objcopy --add-gnu-debuglink=$(TARGETS_OUT)/.debug/args_debuglink.debug $@
+
+# Stripped of everything, with the function symbols .dynsym lacks in .gnu_debugdata: an
+# xz-compressed ELF of symbols only (MiniDebugInfo), as Fedora's find-debuginfo makes it.
+ARGS_MDI := $(TARGETS_OUT)/tmp/args_minidebuginfo
+$(TARGETS_OUT)/args_minidebuginfo: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)/tmp
+	$(TARGETS_CC) $(TARGETS_WARN) $(TARGETS_FLAGS_args_pie) -o $(ARGS_MDI).full $<
+	nm --defined-only --format=posix $(ARGS_MDI).full | awk '$$2 ~ /^[Tt]$$/ { print $$1 }' | sort -u > $(ARGS_MDI).functions
+	nm -D --defined-only --format=posix $(ARGS_MDI).full | awk '{ print $$1 }' | sort -u > $(ARGS_MDI).dynamic
+	comm -23 $(ARGS_MDI).functions $(ARGS_MDI).dynamic > $(ARGS_MDI).keep
+	objcopy --only-keep-debug $(ARGS_MDI).full $(ARGS_MDI).mini
+	objcopy -S --remove-section .comment --keep-symbols=$(ARGS_MDI).keep $(ARGS_MDI).mini
+	xz -f $(ARGS_MDI).mini
+	$(TARGETS_STRIP) --strip-all -o $@ $(ARGS_MDI).full
+	objcopy --add-section .gnu_debugdata=$(ARGS_MDI).mini.xz $@
 
 $(TARGETS_OUT)/args_clang: $(TARGETS_SRC)/args.c $(TARGETS_DEPS) | $(TARGETS_OUT)
 	@command -v $(TARGETS_CLANG) >/dev/null 2>&1 || { \
