@@ -8,7 +8,7 @@ UTAP_BIN := .build/$(CONFIG)/utap
 TARGETS_OUT ?= .build/targets
 
 DEB_PACKAGES := libbpf-dev libelf-dev liblzma-dev libzydis-dev clang-14 llvm-14 bpftool libcap2-bin \
-                systemtap-sdt-dev util-linux binutils strace xz-utils
+                systemtap-sdt-dev util-linux binutils strace xz-utils golang-go
 
 .PHONY: all deps bpf bpf-check build release test test-asan test-tsan stress stress-asan fault-stress unit-test demo bench fuzz clean
 all: build

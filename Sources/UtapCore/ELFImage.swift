@@ -70,6 +70,10 @@ public final class ELFImage: Sendable {
     /// The separate debug file whose full symbol table stands in for the one this stripped
     /// file lacks (`DebugFiles`), or nil.
     public let debugFile: String?
+    /// Whether the file is a Go program (its runtime's `runtime.main` is there): Go
+    /// functions open with a stack check (`InstructionDecoder.entryOffset`), and Go's
+    /// runtime moves stacks (`ReturnSites`).
+    public var isGoProgram: Bool { !functions(named: "runtime.main").isEmpty }
     /// Whether, stripped and without a debug file, the file named its functions in its own
     /// `.gnu_debugdata` (MiniDebugInfo: an xz-compressed ELF holding the symbols `.dynsym`
     /// lacks, as Fedora and RHEL ship; gdb and perf read it too).

@@ -38,14 +38,17 @@ public enum InstructionDecoder {
     ///   other instruction: the kernel's uprobes decode a vector instruction as the legacy
     ///   one-byte opcode it carries, so they refuse some, never fire on others, and
     ///   emulate others as jumps (a `vpbroadcastb` run as `jp` corrupts every memset).
-    public static func entryOffset(in code: [UInt8]) -> Int {
-        entryPlacement(in: code).offset
+    /// - In a Go program (`goStackCheck`), past the stack-bound check Go functions open
+    ///   with (`pastGoStackCheck`), else a call that grows its stack is entered twice.
+    public static func entryOffset(in code: [UInt8], goStackCheck: Bool = false) -> Int {
+        entryPlacement(in: code, goStackCheck: goStackCheck).offset
     }
 
     /// `entryOffset`, and whether the kernel emulates the instruction there (a hit costs
     /// well under a µs) or single-steps it (10-20 µs here, and a return probe's latency
     /// includes it).
-    public static func entryPlacement(in code: [UInt8]) -> (offset: Int, emulated: Bool) {
+    public static func entryPlacement(in code: [UInt8], goStackCheck: Bool = false) -> (offset: Int, emulated: Bool) {
+        if goStackCheck, let past = pastGoStackCheck(in: code) { return (past, kernelEmulates(at: past, in: code)) }
         let start = startsWithEndbr64(code) ? 4 : 0
         var at = start
         var passed = 0
@@ -59,6 +62,38 @@ public enum InstructionDecoder {
         if kernelEmulates(at: start, in: code) { return (start, true) }
         if start == 0, let past = pastVectorRegisterWrites(in: code) { return (past, kernelEmulates(at: past, in: code)) }
         return (0, false)
+    }
+
+    /// Go functions open with a check of the stack's bound: `cmp 0x10(%r14),%rsp` (in a
+    /// large frame `lea -N(%rsp),%r12` first, and %r12 compared), then a `jbe` to a block
+    /// at the function's end that grows the stack, moving it, and jumps back to the first
+    /// instruction. A probe there fires twice for a call that grows the stack. Past the
+    /// check it fires once a call, with the stack and registers the call entered with
+    /// (%r12 aside: scratch in Go's ABI). The offset past the check, or nil when the
+    /// function does not open with one or a jump of the function lands inside it.
+    private static func pastGoStackCheck(in code: [UInt8]) -> Int? {
+        func isRegister(_ operand: ZydisDecodedOperand, _ register: ZydisRegister) -> Bool {
+            operand.type == ZYDIS_OPERAND_TYPE_REGISTER && operand.reg.value == register
+        }
+        func isMemory(_ operand: ZydisDecodedOperand, base: ZydisRegister) -> Bool {
+            operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.base == base && operand.mem.index == ZYDIS_REGISTER_NONE
+        }
+        var at = 0
+        var compared = ZYDIS_REGISTER_RSP
+        if let (lea, operands) = decodeFull(at: 0, in: code), lea.mnemonic == ZYDIS_MNEMONIC_LEA, operands.count >= 2,
+           isRegister(operands[0], ZYDIS_REGISTER_R12), isMemory(operands[1], base: ZYDIS_REGISTER_RSP) {
+            at = Int(lea.length)
+            compared = ZYDIS_REGISTER_R12
+        }
+        guard let (cmp, operands) = decodeFull(at: at, in: code), cmp.mnemonic == ZYDIS_MNEMONIC_CMP, operands.count >= 2,
+              isRegister(operands[0], compared), isMemory(operands[1], base: ZYDIS_REGISTER_R14) else { return nil }
+        at += Int(cmp.length)
+        guard let jump = decode(at: at, in: code), jump.mnemonic == ZYDIS_MNEMONIC_JBE || jump.mnemonic == ZYDIS_MNEMONIC_JB,
+              jump.raw.imm.0.is_relative != 0 else { return nil }
+        let past = at + Int(jump.length)
+        let target = past + Int(jump.raw.imm.0.value.s)
+        guard target > past, target < code.count, past < code.count, !hasJump(in: code, landingIn: 1...past) else { return nil }
+        return past
     }
 
     /// Whether the instruction at `offset` is VEX, EVEX, MVEX or XOP-encoded (AVX and
@@ -92,15 +127,7 @@ public enum InstructionDecoder {
     /// The length of the instruction at `offset` when it is a vector instruction that
     /// writes only vector or mask registers, from registers and immediates.
     private static func vectorRegisterWriteLength(at offset: Int, in code: [UInt8]) -> Int? {
-        var instruction = ZydisDecodedInstruction()
-        var operands = [ZydisDecodedOperand](repeating: ZydisDecodedOperand(), count: Int(ZYDIS_MAX_OPERAND_COUNT))
-        let status = code.withUnsafeBytes { raw in
-            withUnsafePointer(to: decoder) { decoder in
-                ZydisDecoderDecodeFull(decoder, raw.baseAddress! + offset, ZyanUSize(code.count - offset),
-                                       &instruction, &operands)
-            }
-        }
-        guard status & 0x8000_0000 == 0, isVectorEncoded(instruction),
+        guard let (instruction, operands) = decodeFull(at: offset, in: code), isVectorEncoded(instruction),
               instruction.cpu_flags == nil || instruction.cpu_flags.pointee.modified == 0 else { return nil }
         for operand in operands.prefix(Int(instruction.operand_count)) {
             switch operand.type {
@@ -199,6 +226,21 @@ public enum InstructionDecoder {
     /// The decoded instruction at `offset` (prefixes, ModRM, displacement fields).
     static func decodedInstruction(at offset: Int, in code: [UInt8]) -> ZydisDecodedInstruction? {
         decode(at: offset, in: code)
+    }
+
+    /// The instruction at `offset` with its operands (destination first).
+    private static func decodeFull(at offset: Int, in code: [UInt8]) -> (ZydisDecodedInstruction, [ZydisDecodedOperand])? {
+        guard offset >= 0, offset < code.count else { return nil }
+        var instruction = ZydisDecodedInstruction()
+        var operands = [ZydisDecodedOperand](repeating: ZydisDecodedOperand(), count: Int(ZYDIS_MAX_OPERAND_COUNT))
+        let status = code.withUnsafeBytes { raw in
+            withUnsafePointer(to: decoder) { decoder in
+                ZydisDecoderDecodeFull(decoder, raw.baseAddress! + offset, ZyanUSize(code.count - offset),
+                                       &instruction, &operands)
+            }
+        }
+        guard status & 0x8000_0000 == 0 else { return nil }
+        return (instruction, Array(operands.prefix(Int(instruction.operand_count))))
     }
 
     private static func decode(at offset: Int, in code: [UInt8]) -> ZydisDecodedInstruction? {

@@ -244,7 +244,7 @@ public struct ProbeResolver {
     /// A probe on `function`: at `offset` when given, else at its entry, past a leading
     /// endbr64 and flag-setting tests that lead to an instruction the kernel emulates
     /// (`InstructionDecoder.entryOffset`: same observable state; an emulated instruction
-    /// costs about 18x less than a single-stepped one).
+    /// costs about 18x less than a single-stepped one), and in Go past the stack check.
     func site(_ spec: ProbeSpec, name: String, image: ELFImage, function: ELFSymbol, offset: UInt64?) throws(UtapError) -> ResolvedProbe {
         var delta: UInt64 = 0
         if let offset {
@@ -253,7 +253,7 @@ public struct ProbeResolver {
             }
             delta = offset
         } else if function.size > 0, let code = image.bytes(atVirtualAddress: function.address, count: Int(clamping: function.size)) {
-            delta = UInt64(InstructionDecoder.entryOffset(in: code))
+            delta = UInt64(InstructionDecoder.entryOffset(in: code, goStackCheck: image.isGoProgram))
         } else if let head = image.bytes(atVirtualAddress: function.address, count: 4),
                   InstructionDecoder.startsWithEndbr64(head) {
             delta = 4  // no size: the jumps inside cannot be checked, so only endbr64

@@ -75,7 +75,7 @@ extension ProbeResolver {
     static func unwindsThroughFrames(_ image: ELFImage) -> Bool {
         image.needed.contains { $0.hasPrefix("libstdc++") || $0.hasPrefix("libc++") || $0.hasPrefix("libgcc_s") }
             || !image.functions(named: "_Unwind_RaiseException").isEmpty
-            || !image.functions(named: "runtime.main").isEmpty
+            || image.isGoProgram
     }
 
     /// Code that switches stacks with ucontext (coroutines): a context saved inside a

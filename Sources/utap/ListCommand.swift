@@ -103,7 +103,7 @@ extension String {
 private func entryText(_ symbol: ELFSymbol, in image: ELFImage) -> String {
     guard !symbol.isIFunc, symbol.size > 0,
           let code = image.bytes(atVirtualAddress: symbol.address, count: Int(clamping: symbol.size)) else { return "-" }
-    let entry = InstructionDecoder.entryPlacement(in: code)
+    let entry = InstructionDecoder.entryPlacement(in: code, goStackCheck: image.isGoProgram)
     switch InstructionAnalysis.uprobeProblem(Array(code[entry.offset...].prefix(16)), at: symbol.address + UInt64(entry.offset)) {
     case .vector: return "+\(entry.offset) vector"
     case .refused: return "+\(entry.offset) refused"

@@ -70,6 +70,37 @@ final class InstructionDecoderTests: XCTestCase {
         XCTAssertEqual(offset(testRdi + testRdi + testRdi + testRdi + testRdi + je + tail), 0, "at most four tests")
     }
 
+    /// Go's stack check (tests/targets/gostack.go has it live): passed in a Go program,
+    /// onto the first instruction of a call whose stack is big enough.
+    func testEntryPassesGoStackCheckInGoPrograms() {
+        let cmpRsp: [UInt8] = [0x49, 0x3B, 0x66, 0x10]                           // cmp 0x10(%r14),%rsp
+        let leaR12: [UInt8] = [0x4C, 0x8D, 0xA4, 0x24, 0x60, 0xFF, 0xFF, 0xFF]   // lea -0xa0(%rsp),%r12
+        let cmpR12: [UInt8] = [0x4D, 0x3B, 0x66, 0x10]                           // cmp 0x10(%r14),%r12
+        let subRsp: [UInt8] = [0x48, 0x83, 0xEC, 0x18]                           // sub $0x18,%rsp
+        let jbeToGrow: [UInt8] = [0x76, 0x05]                                    // jbe to the block below
+        // The block that grows the stack: call runtime.morestack_noctxt, jmp to the start.
+        func grows(back distance: Int) -> [UInt8] { [0xE8, 0, 0, 0, 0, 0xEB, UInt8(bitPattern: Int8(-distance - 7))] }
+        func placement(_ code: [UInt8], go: Bool = true) -> String {
+            let p = InstructionDecoder.entryPlacement(in: code, goStackCheck: go)
+            return "+\(p.offset) \(p.emulated ? "emulated" : "stepped")"
+        }
+        let work = cmpRsp + jbeToGrow + subRsp + ret
+        XCTAssertEqual(placement(work + grows(back: work.count)), "+6 stepped", "main.work")
+        let growBody = leaR12 + cmpR12 + jbeToGrow + subRsp + ret
+        XCTAssertEqual(placement(growBody + grows(back: growBody.count)), "+14 stepped", "main.grow: a large frame")
+        XCTAssertEqual(placement(cmpRsp + [0x76, 0x06] + [0x55] + [0, 0, 0, 0] + ret + grows(back: 12)), "+6 emulated", "then a push")
+        // Not passed.
+        XCTAssertEqual(placement(work + grows(back: work.count), go: false), "+0 stepped", "not a Go program")
+        XCTAssertEqual(placement(cmpRsp + [0x76, 0xFA] + subRsp + ret), "+0 stepped", "jbe backwards")
+        XCTAssertEqual(placement(cmpRsp + [0x76, 0x40] + subRsp + ret), "+0 stepped", "jbe out of the function")
+        XCTAssertEqual(placement([0x49, 0x3B, 0x67, 0x10] + jbeToGrow + subRsp + ret + grows(back: 10)), "+0 stepped",
+                       "cmp 0x10(%r15),%rsp: not Go's g register")
+        XCTAssertEqual(placement(leaR12 + cmpRsp + jbeToGrow + subRsp + ret + grows(back: 18)), "+0 stepped",
+                       "lea to r12, then rsp compared")
+        let loop = cmpRsp + jbeToGrow + subRsp + [0xEB, 0xFA]                     // jmp back onto the sub
+        XCTAssertEqual(placement(loop + grows(back: loop.count)), "+0 stepped", "a jump lands past the check")
+    }
+
     // Vector instructions (tests/targets/vector.c has them live).
     let vmovdToXmm: [UInt8] = [0xC5, 0xF9, 0x6E, 0xC7]            // vmovd %edi,%xmm0 (VEX)
     let vpbroadcastb: [UInt8] = [0xC4, 0xE2, 0x7D, 0x78, 0xC0]     // vpbroadcastb %xmm0,%ymm0

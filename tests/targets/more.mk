@@ -26,3 +26,11 @@ targets: $(TARGETS_OUT)/vector
 
 $(TARGETS_OUT)/vector: $(TARGETS_SRC_MORE)/vector.c | $(TARGETS_OUT)
 	$(CC) -O1 -fcf-protection=none -Wall -Wextra -Wno-unused-parameter -o $@ $<
+
+# A Go program whose goroutines' stacks grow inside probed functions (Go functions open
+# with a stack check; golang-go is installed by make deps).
+targets: $(TARGETS_OUT)/gostack
+
+$(TARGETS_OUT)/gostack: $(TARGETS_SRC_MORE)/gostack.go | $(TARGETS_OUT)
+	HOME=$(abspath $(TARGETS_OUT)) GOCACHE=$(abspath $(TARGETS_OUT))/go-cache GOPATH=$(abspath $(TARGETS_OUT))/go \
+		go build -o $@ $<
