@@ -19,6 +19,9 @@ public struct ResolvedProbe: Equatable, Sendable {
     /// File offsets of the function's `ret` instructions, when its return probe goes on
     /// them instead of hijacking the return address (`--return-mode sites`).
     public var returnSites: [UInt64] = []
+    /// A function of a Go program: its `argN` fields read Go's argument registers
+    /// (`ProbeResolver.goArgumentRegisters`), not the System V ones.
+    public var takesGoArguments = false
 
     public init(name: String, kind: ProbeKind, fields: [FieldSpec], path: String, function: String?,
                 address: UInt64, fileOffset: UInt64, semaphoreOffset: UInt64? = nil) {

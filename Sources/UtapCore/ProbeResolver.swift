@@ -309,7 +309,22 @@ public struct ProbeResolver {
             throw .usage("probe '\(spec.name)': address 0x\(String(address, radix: 16)) is in a data segment of \(image.path), not in code",
                          hint: "'utap list -v \(image.path)' shows its functions' addresses")
         }
-        return ResolvedProbe(name: name, kind: spec.kind, fields: spec.fields, path: image.path,
-                             function: function, address: address, fileOffset: fileOffset)
+        var probe = ResolvedProbe(name: name, kind: spec.kind, fields: spec.fields, path: image.path,
+                                  function: function, address: address, fileOffset: fileOffset)
+        if image.isGoProgram {
+            probe.takesGoArguments = true
+            probe.fields = probe.fields.map { field in
+                guard case .arg(let n) = field.source, n < Self.goArgumentRegisters.count else { return field }
+                var inRegister = field
+                inRegister.source = .location(.register(Self.goArgumentRegisters[n]))
+                return inRegister
+            }
+        }
+        return probe
     }
+
+    /// Where Go's register ABI (Go 1.17 and later) puts a function's first integer
+    /// arguments: `arg0`..`arg5` of a Go function read these. Its first result is in rax,
+    /// as in C.
+    public static let goArgumentRegisters: [Register] = [.rax, .rbx, .rcx, .rdi, .rsi, .r8]
 }

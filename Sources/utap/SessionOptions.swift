@@ -131,6 +131,12 @@ struct SessionOptions: ParsableArguments {
                 if mode == .latency { for i in probes.indices { probes[i].kind = .return } }
                 resolved += try resolver.placeReturns(probes, of: spec, mode: returnMode)
             }
+            // The filter program reads the System V argument registers for every probe.
+            if FilterCompiler.readsArguments(program), let go = resolved.first(where: \.takesGoArguments) {
+                throw UtapError.usage("--filter: argN there means the C argument registers, and '\(go.name)' is a Go function "
+                                      + "(Go passes arguments in rax, rbx, rcx, ...)",
+                                      hint: "record the argument as a field (arg0 of a Go function is its first), or filter on pid, tid or comm")
+            }
             if resolved.count > maxProbes {
                 throw UtapError.usage("probes: \(resolved.count) functions match, more than --max-probes \(maxProbes)",
                                       hint: "narrow the glob, or raise --max-probes")
