@@ -93,16 +93,25 @@ public enum LibraryResolver {
 
     /// The file a path names for process `pid`, as utap can open it: the path as the
     /// process sees it (relative: to utap's working directory), through `/proc/PID/root`.
-    /// When the process maps a file by that path only as deleted (removed, or replaced
-    /// by a rebuild, since it was mapped), the mapped file, through map_files: that is
-    /// the code it runs. Paths under `/proc/` are returned as given.
+    /// When the process maps a file by that path, or by the path its symlinks lead to
+    /// (`libz.so` -> `libz.so.1` -> `libz.so.1.2.13`), only as deleted (removed, or
+    /// replaced by a rebuild or a package upgrade, since it was mapped), the mapped file,
+    /// through map_files: that is the code it runs. Paths under `/proc/` are returned as
+    /// given.
     public static func pathInProcess(_ path: String, pid: Int32) -> String {
         if path.hasPrefix("/proc/") { return path }
         let absolute = path.hasPrefix("/") ? path : currentDirectory() + "/" + path
         let root = "/proc/\(pid)/root"
         if let entries = try? ProcMaps.read(pid: pid) {
+            var paths = [absolute]
+            if let resolved = realPath(root + absolute), let rootPath = realPath(root) {
+                let inProcess = rootPath == "/" ? resolved
+                    : resolved.hasPrefix(rootPath + "/") ? String(resolved.dropFirst(rootPath.count)) : nil
+                if let inProcess, inProcess != absolute { paths.append(inProcess) }
+            }
             // Maps paths of a chrooted process start with its root (see openablePath).
-            let names = [absolute] + (readLink(root).flatMap { $0 == "/" ? nil : [$0 + absolute] } ?? [])
+            let rootPrefix = readLink(root).flatMap { $0 == "/" ? nil : $0 }
+            let names = paths + (rootPrefix.map { prefix in paths.map { prefix + $0 } } ?? [])
             let same = entries.filter { $0.isFile && names.contains($0.path) }
             if let deleted = same.first(where: \.isDeleted), !same.contains(where: { !$0.isDeleted }) {
                 return openablePath(of: deleted, pid: pid)

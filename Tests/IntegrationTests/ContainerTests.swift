@@ -267,4 +267,23 @@ final class ContainerTests: XCTestCase {
         let r = try trace(target, [directory + "/args_pie:add2 a=arg0"])
         XCTAssertEqual(r.events(directory + "/args_pie:add2").map { $0.int("a")! }, Array(0..<Int64(Self.count)))
     }
+
+    /// A library replaced under the process (a new file renamed over the old one, as a
+    /// package upgrade does) and named by a symlink to it: the probe goes on the file the
+    /// process maps, not on the new one the symlink now leads to.
+    func testReplacedLibraryBySymlinkPath() throws {
+        let directory = makeScratch()
+        for file in ["uselib", "libutaptest.so.1"] {
+            try FileManager.default.copyItem(atPath: Harness.target(file), toPath: directory + "/" + file)
+        }
+        XCTAssertEqual(symlink("libutaptest.so.1", directory + "/libutaptest.so"), 0)
+        let target = try Target(executable: directory + "/uselib", arguments: [String(Self.count), "--wait"])
+        try FileManager.default.copyItem(atPath: directory + "/libutaptest.so.1", toPath: directory + "/new")
+        XCTAssertEqual(rename(directory + "/new", directory + "/libutaptest.so.1"), 0)
+        let maps = (try? String(contentsOfFile: "/proc/\(target.pid)/maps", encoding: .utf8)) ?? ""
+        XCTAssertTrue(maps.contains(directory + "/libutaptest.so.1 (deleted)"), maps)
+        let probe = directory + "/libutaptest.so:lib_add"
+        let r = try trace(target, [probe + " a=arg0:s32"])
+        XCTAssertEqual(r.events(probe).map { $0.int("a")! }, Array(0..<Int64(Self.count)))
+    }
 }
