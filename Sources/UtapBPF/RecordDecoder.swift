@@ -37,6 +37,9 @@ final class RecordDecoder {
         fieldTypes.deallocate()
     }
 
+    /// Where struct utap_event keeps the thread's name (utap_abi.c asserts it).
+    static let commOffset = 32
+
     /// The probe index of a record (all ones when it is too short to have one).
     static func probeIndex(_ record: UnsafeRawBufferPointer) -> UInt32 {
         record.count >= 28 ? record.loadUnaligned(fromByteOffset: 24, as: UInt32.self) : .max
@@ -67,7 +70,7 @@ final class RecordDecoder {
             timestampNs: record.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
             pid: record.loadUnaligned(fromByteOffset: 16, as: Int32.self),
             tid: record.loadUnaligned(fromByteOffset: 20, as: Int32.self),
-            comm: ThreadName(bytes: record.baseAddress! + 32),
+            comm: ThreadName(bytes: record.baseAddress! + Self.commOffset),
             probe: index,
             kind: flags & UInt16(UTAP_EVENT_RETURN.rawValue) != 0 ? .return : .entry,
             latencyNs: flags & UInt16(UTAP_EVENT_LATENCY.rawValue) != 0 ? latency : nil,
@@ -124,19 +127,18 @@ final class RecordDecoder {
         event.stack = flags & UInt16(UTAP_EVENT_STACK.rawValue) != 0 ? stack(record, pid: pid) : nil
     }
 
-    /// The comm bytes `lastCommText` was made from: a thread's name rarely changes between
+    /// The name `lastCommText` was made from: a thread's name rarely changes between
     /// records, and making a String validates UTF-8 each time.
     /// Unchecked for exclusivity: read and written once per record, never overlapping.
-    @exclusivity(unchecked) private var lastComm: (UInt64, UInt64)?
+    @exclusivity(unchecked) private var lastComm: ThreadName?
     @exclusivity(unchecked) private var lastCommText = ""
 
     @inline(__always)
     private func comm(_ record: UnsafeRawBufferPointer) -> String {
-        let bytes = (record.loadUnaligned(fromByteOffset: 32, as: UInt64.self),
-                     record.loadUnaligned(fromByteOffset: 40, as: UInt64.self))
-        if let lastComm, lastComm == bytes { return lastCommText }
-        lastComm = bytes
-        lastCommText = String(decoding: record[32..<48].prefix(while: { $0 != 0 }), as: UTF8.self)
+        let name = ThreadName(bytes: record.baseAddress! + Self.commOffset)
+        if lastComm == name { return lastCommText }
+        lastComm = name
+        lastCommText = name.string
         return lastCommText
     }
 
