@@ -284,7 +284,7 @@ static __always_inline void load_sources(struct pt_regs *ctx, __u64 regs[8])
     regs[UTAP_SRC_ARG4] = ctx->r8;
     regs[UTAP_SRC_ARG5] = ctx->r9;
     regs[UTAP_SRC_RET] = ctx->rax;
-    regs[7] = 0;
+    regs[UTAP_SRC_RBX] = ctx->rbx;
 }
 
 /* A field's raw 64-bit value (utap_abi.h, enum utap_location). */

@@ -79,8 +79,12 @@ extension Attachment {
         case .ret:
             c.source = UInt8(UTAP_SRC_RET.rawValue)
         case .location(.register(let register)):
-            c.location = UInt8(UTAP_LOC_REGISTER.rawValue)
-            c.reg = UInt8(register.rawValue)
+            if let slot = sourceSlot(register) {
+                c.source = slot
+            } else {
+                c.location = UInt8(UTAP_LOC_REGISTER.rawValue)
+                c.reg = UInt8(register.rawValue)
+            }
         case .location(.memory(let base, let displacement, let size)):
             c.location = UInt8(UTAP_LOC_MEMORY.rawValue)
             c.reg = UInt8(base.rawValue)
@@ -99,25 +103,35 @@ extension Attachment {
         return c
     }
 
-    /// Whether every field is an argument, the return value or a constant, read as an
-    /// integer: such a record has a fixed size and is written straight into the ring.
+    /// The registers the BPF programs read up front (enum utap_source), by slot: a field
+    /// in one of them (an argument, USDT's `%edi`, a Go argument) needs no copy of struct
+    /// pt_regs and takes the integer events' fast path.
+    static let sourceRegisters: [Register] = [.rdi, .rsi, .rdx, .rcx, .r8, .r9, .rax, .rbx]
+
+    static func sourceSlot(_ register: Register) -> UInt8? {
+        sourceRegisters.firstIndex(of: register).map(UInt8.init)
+    }
+
+    /// Whether every field is an argument, the return value, a register read up front or
+    /// a constant, read as an integer: such a record has a fixed size and is staged.
     static func onlyIntegers(_ fields: [FieldSpec]) -> Bool {
         fields.allSatisfy { field in
             if case .string = field.type { return false }
-            switch field.source {
-            case .arg, .ret, .location(.constant): return true
-            case .location: return false
-            }
+            return !readsOtherRegisters(field)
         }
     }
 
-    /// Whether a field reads a register outside the argument set (the BPF side then
-    /// copies all of struct pt_regs).
+    /// Whether a field reads a register outside those read up front, or memory through
+    /// one (the BPF side then copies all of struct pt_regs).
     static func needsAllRegisters(_ fields: [FieldSpec]) -> Bool {
-        fields.contains {
-            if case .location(.constant) = $0.source { return false }
-            if case .location = $0.source { return true }
-            return false
+        fields.contains(where: readsOtherRegisters)
+    }
+
+    private static func readsOtherRegisters(_ field: FieldSpec) -> Bool {
+        switch field.source {
+        case .arg, .ret, .location(.constant): return false
+        case .location(.register(let register)): return sourceSlot(register) == nil
+        case .location(.memory): return true
         }
     }
 }

@@ -41,7 +41,8 @@ enum utap_source {
     UTAP_SRC_ARG3 = 3,
     UTAP_SRC_ARG4 = 4,
     UTAP_SRC_ARG5 = 5,
-    UTAP_SRC_RET = 6,
+    UTAP_SRC_RET = 6, /* rax */
+    UTAP_SRC_RBX = 7, /* Go's second argument register */
 };
 
 /* What the BPF side does with a field: copy the 64-bit register, or read a user string. */
@@ -52,7 +53,7 @@ enum utap_field_kind {
 
 /* Where a field's 64-bit value is read (utap_field_config.location). */
 enum utap_location {
-    UTAP_LOC_SOURCE = 0,   /* `source`: an argument register or the return value */
+    UTAP_LOC_SOURCE = 0,   /* `source`: rdi, rsi, rdx, rcx, r8, r9, rax or rbx */
     UTAP_LOC_REGISTER = 1, /* the struct pt_regs slot `reg` (USDT %reg) */
     UTAP_LOC_MEMORY = 2,   /* `size` bytes of user memory at pt_regs slot `reg` + `value` */
     UTAP_LOC_CONSTANT = 3, /* `value` itself (USDT $imm) */
