@@ -129,7 +129,7 @@ public enum InstructionDecoder {
     private static func vectorRegisterWriteLength(at offset: Int, in code: [UInt8]) -> Int? {
         guard let (instruction, operands) = decodeFull(at: offset, in: code), isVectorEncoded(instruction),
               instruction.cpu_flags == nil || instruction.cpu_flags.pointee.modified == 0 else { return nil }
-        for operand in operands.prefix(Int(instruction.operand_count)) {
+        for operand in operands {
             switch operand.type {
             case ZYDIS_OPERAND_TYPE_REGISTER:
                 let written = operand.actions & ZydisOperandActions(ZYDIS_OPERAND_ACTION_MASK_WRITE.rawValue) != 0
