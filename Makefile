@@ -113,7 +113,7 @@ test-tsan: deps bpf-check targets
 unit-test: deps
 	$(SWIFT) test --skip IntegrationTests
 
-demo: deps build targets
+demo: deps build $(TARGETS_OUT)/demo
 	@echo "== utap trace on the bundled demo program ($(TARGETS_OUT)/demo) =="
 	$(UTAP_BIN) trace 'handle_request id=arg0:s32 path=arg1:str' 'handle_request%return status=ret:s32' \
 		-- $(TARGETS_OUT)/demo
