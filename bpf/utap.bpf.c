@@ -124,8 +124,8 @@ struct {
     __type(value, __u64);
 } pid_counts SEC(".maps");
 
-/* The name of each process counted by --by-pid, taken at its first hit (it may be gone
- * by the time the report is read). */
+/* The name of each process counted by --by-pid, per probe, taken at the probe's first hit
+ * in it (the process may be gone by the time the report is read, or renamed by then). */
 struct utap_comm {
     char comm[16];
 };
@@ -133,7 +133,7 @@ struct utap_comm {
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);
-    __type(key, __u32);
+    __type(key, struct utap_pid_key);
     __type(value, struct utap_comm);
 } pid_comm SEC(".maps");
 
@@ -686,7 +686,7 @@ static __always_inline void count_hit(const struct utap_probe_config *cfg)
             n = bpf_map_lookup_elem(&pid_counts, &key);
             struct utap_comm name = {};
             bpf_get_current_comm(name.comm, sizeof(name.comm));
-            bpf_map_update_elem(&pid_comm, &key.pid, &name, BPF_NOEXIST);
+            bpf_map_update_elem(&pid_comm, &key, &name, BPF_NOEXIST);
         }
         if (n)
             __sync_fetch_and_add(n, 1);

@@ -490,11 +490,11 @@ final class BPFSession: TraceSession {
             first = false
             key = next
             if bpf_map_lookup_elem(fd, &key, &perCPU) == 0 {
-                var pid = key.pid
                 var name = [UInt8](repeating: 0, count: 16)
-                let known = bpf_map_lookup_elem(bpf_map__fd(map("pid_comm")), &pid, &name) == 0
+                let known = bpf_map_lookup_elem(bpf_map__fd(map("pid_comm")), &key, &name) == 0
                 let comm = known ? String(decoding: name.prefix { $0 != 0 }, as: UTF8.self) : "?"
-                result.append(ProcessCount(probe: Int(key.probe), pid: Int32(bitPattern: pid), comm: comm, count: perCPU.reduce(0, +)))
+                result.append(ProcessCount(probe: Int(key.probe), pid: Int32(bitPattern: key.pid), comm: comm,
+                                           count: perCPU.reduce(0, +)))
             }
         }
         return result

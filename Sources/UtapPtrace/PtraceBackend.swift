@@ -252,7 +252,10 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
 /// Builds `Event`s from hits: fields from registers and memory, comm, stack.
 final class EventMaker {
     private let memory = ProcessMemory()
-    private var comms: [Int32: String] = [:]
+    /// Each thread's /proc comm file, kept open, and the name last read from it.
+    private var commFiles: [Int32: (fd: Int32, text: [UInt8], name: String)] = [:]
+    /// Threads whose comm file stays open; past this many, all are closed and reopened.
+    static let maxCommFiles = 512
     private let symbolizer: Symbolizer?
     /// Deepest user stack walked: the BPF side's UTAP_STACK_MAX.
     static let maxFrames = 64
@@ -264,17 +267,48 @@ final class EventMaker {
         symbolizer = plan.userStacks ? Symbolizer(knownFiles: Array(Set(plan.probes.map(\.path))).sorted()) : nil
     }
 
-    /// The thread's name, read once per thread (and again after an exec).
+    deinit { closeCommFiles() }
+
+    /// The thread's name at this hit, as the bpf backend reports it: a thread may rename
+    /// itself at any time (prctl, pthread_setname_np). Read from its comm file, which
+    /// stays open: a pread, where opening it each time took three system calls.
     func comm(pid: Int32, tid: Int32) -> String {
-        if let name = comms[tid] { return name }
-        let name = (try? readTextFile("/proc/\(pid)/task/\(tid)/comm"))?.trimmingTrailingNewline() ?? ""
-        comms[tid] = name
+        var buffer = [UInt8](repeating: 0, count: 32)
+        if let file = commFiles[tid] {
+            let count = pread(file.fd, &buffer, buffer.count, 0)
+            if count > 0 {
+                let text = Array(buffer.prefix(count))
+                if text == file.text { return file.name }
+                let name = Self.name(text)
+                commFiles[tid] = (file.fd, text, name)
+                return name
+            }
+            // The thread is gone (its tid may come back as another thread's).
+            close(file.fd)
+            commFiles[tid] = nil
+        }
+        if commFiles.count >= Self.maxCommFiles { closeCommFiles() }
+        let fd = open("/proc/\(pid)/task/\(tid)/comm", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        let count = pread(fd, &buffer, buffer.count, 0)
+        let text = Array(buffer.prefix(max(count, 0)))
+        let name = Self.name(text)
+        commFiles[tid] = (fd, text, name)
         return name
+    }
+
+    private static func name(_ text: [UInt8]) -> String {
+        String(decoding: text.last == 0x0A ? text.dropLast() : text[...], as: UTF8.self)
+    }
+
+    private func closeCommFiles() {
+        for file in commFiles.values { close(file.fd) }
+        commFiles = [:]
     }
 
     /// A process exec'd: its names and its memory are new.
     func forget(pid: Int32) {
-        comms = [:]
+        closeCommFiles()
         memory.forget(pid: pid)
     }
 

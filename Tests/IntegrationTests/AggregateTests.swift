@@ -63,6 +63,25 @@ final class AggregateTests: XCTestCase {
         XCTAssertEqual(rows.first?["count"] as? Int, 2000)
     }
 
+    /// Each probe's row names the process as it was called at that probe's first hit in
+    /// it: a process that renames itself between two probes shows both names.
+    func testCountByPidNamesTheProcessAtEachProbesFirstHit() throws {
+        try Harness.eachBackend { backend in
+            let path = NSTemporaryDirectory() + "utap-rename-\(getpid()).out"
+            defer { unlink(path) }
+            let r = try Harness.utap(["count", "--by-pid", "--format", "json", "-o", path, "before_rename", "after_rename",
+                                      "--", Harness.target("rename_me"), "20"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, "renamed 20\n")
+            let rows = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").compactMap {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }.filter { $0["type"] as? String == "count" }
+            let names = Dictionary(uniqueKeysWithValues: rows.map { ($0["probe"] as! String, $0["comm"] as! String) })
+            XCTAssertEqual(names, ["before_rename": "rename_me", "after_rename": "after-rename"], backend)
+            XCTAssertEqual(rows.map { $0["count"] as? Int }, [20, 20], backend)
+        }
+    }
+
     func testIntervalReportsAddUpToTheTotal() throws {
         try Harness.eachBackend { backend in
             let target = try Harness.WaitingTarget("forever", [])

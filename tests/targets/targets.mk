@@ -32,7 +32,7 @@ TARGETS_FLAGS_fib         := -O2 -g -fno-omit-frame-pointer
 # single-step's (see 'utap list -v').
 TARGETS_FLAGS_demo        := -O2 -g -fno-omit-frame-pointer
 
-TARGETS_SIMPLE := sleeper demo fib forever
+TARGETS_SIMPLE := sleeper demo fib forever rename_me
 
 TARGETS_BINS := \
 	$(TARGETS_OUT)/args_pie \
