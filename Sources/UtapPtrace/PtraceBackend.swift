@@ -253,7 +253,7 @@ final class PtraceSession: TraceSession, @unchecked Sendable {
 final class EventMaker {
     private let memory = ProcessMemory()
     /// Each thread's /proc comm file, kept open, and the name last read from it.
-    private var commFiles: [Int32: (fd: Int32, text: [UInt8], name: String)] = [:]
+    private var commFiles: [Int32: (fd: Int32, name: ThreadName, text: String)] = [:]
     /// Threads whose comm file stays open; past this many, all are closed and reopened.
     static let maxCommFiles = 512
     private let symbolizer: Symbolizer?
@@ -273,15 +273,11 @@ final class EventMaker {
     /// itself at any time (prctl, pthread_setname_np). Read from its comm file, which
     /// stays open: a pread, where opening it each time took three system calls.
     func comm(pid: Int32, tid: Int32) -> String {
-        var buffer = [UInt8](repeating: 0, count: 32)
         if let file = commFiles[tid] {
-            let count = pread(file.fd, &buffer, buffer.count, 0)
-            if count > 0 {
-                let text = Array(buffer.prefix(count))
-                if text == file.text { return file.name }
-                let name = Self.name(text)
-                commFiles[tid] = (file.fd, text, name)
-                return name
+            if let name = Self.readName(file.fd) {
+                if name == file.name { return file.text }
+                commFiles[tid] = (file.fd, name, name.string)
+                return name.string
             }
             // The thread is gone (its tid may come back as another thread's).
             close(file.fd)
@@ -290,15 +286,21 @@ final class EventMaker {
         if commFiles.count >= Self.maxCommFiles { closeCommFiles() }
         let fd = open("/proc/\(pid)/task/\(tid)/comm", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return "" }
-        let count = pread(fd, &buffer, buffer.count, 0)
-        let text = Array(buffer.prefix(max(count, 0)))
-        let name = Self.name(text)
-        commFiles[tid] = (fd, text, name)
-        return name
+        let name = Self.readName(fd) ?? ThreadName(low: 0, high: 0)
+        commFiles[tid] = (fd, name, name.string)
+        return name.string
     }
 
-    private static func name(_ text: [UInt8]) -> String {
-        String(decoding: text.last == 0x0A ? text.dropLast() : text[...], as: UTF8.self)
+    /// The name in a comm file (TASK_COMM_LEN bytes at most, then a newline), read in
+    /// place; nil when it cannot be read.
+    private static func readName(_ fd: Int32) -> ThreadName? {
+        var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        return withUnsafeMutableBytes(of: &bytes) { buffer -> ThreadName? in
+            let count = pread(fd, buffer.baseAddress, 17, 0)
+            guard count > 0 else { return nil }
+            if buffer[count - 1] == 0x0A { buffer[count - 1] = 0 }
+            return ThreadName(bytes: buffer.baseAddress!)
+        }
     }
 
     private func closeCommFiles() {
