@@ -23,13 +23,14 @@ public enum LibraryResolver {
             return (try onDisk(name, executable: "/proc/\(pid)/exe", root: "/proc/\(pid)/root",
                                libraryPath: processLibraryPath(pid)), false)
         } catch {
-            var libraries: [String] = []
-            for file in files.map({ lastPathComponent($0.path) }) where file.contains(".so") && !libraries.contains(file) {
-                libraries.append(file)
-            }
+            // Names like the one asked for first, then the shortest (libc.so.6, libm.so.6):
+            // maps order depends on where each library happened to be mapped.
+            let mapped = Set(files.map { lastPathComponent($0.path) }.filter { $0.contains(".so") })
+            let near = ELFImage.suggestions(for: name, among: mapped.sorted())
+            let shortest = mapped.subtracting(near).sorted { ($0.utf8.count, $0) < ($1.utf8.count, $1) }
+            let shown = Array((near + shortest).prefix(5))
             throw .usage("library '\(name)': not mapped by pid \(pid), nor found where it would load it from",
-                         hint: libraries.isEmpty ? "it maps no shared libraries"
-                             : "it maps \(libraries.prefix(5).joined(separator: ", "))")
+                         hint: shown.isEmpty ? "it maps no shared libraries" : "it maps \(shown.joined(separator: ", "))")
         }
     }
 

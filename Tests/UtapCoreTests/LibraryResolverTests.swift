@@ -35,6 +35,10 @@ final class LibraryResolverTests: XCTestCase {
             XCTAssertTrue(error?.hint?.hasPrefix("it maps ") == true)
             XCTAssertTrue(error?.hint?.contains("libc.so.6") == true)
         }
+        // A name like one it maps comes first (a typo: the library it meant).
+        XCTAssertThrowsError(try LibraryResolver.resolve("libxctes", pid: pid, executable: nil)) { error in
+            XCTAssertTrue((error as? UtapError)?.hint?.hasPrefix("it maps libXCTest.so, ") == true, "\(error)")
+        }
     }
 
     /// A library a running process has not loaded: the file it would load, found through
